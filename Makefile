@@ -1,0 +1,40 @@
+# The README's two commands. Each creates .venv from nothing but Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BACKENDS ?= jax torch tensorflow
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+# Runtime install for the demo: keras + the JAX backend.
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[jax,convert]"
+	touch $@
+
+# Everything the suite needs: all three backends and the reference extras.
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[jax,tensorflow,torch,convert,test,dev]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	KERAS_BACKEND=jax $(BIN)/keras-sam demo
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+# The whole suite once per Keras backend; every backend runs even if one
+# fails, and the target fails if any did.
+test: $(VENV)/.test-installed lint
+	@status=0; for b in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$b"; \
+	  KERAS_BACKEND=$$b $(BIN)/python -m pytest $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

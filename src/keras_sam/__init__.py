@@ -1,0 +1,38 @@
+"""keras-sam: Segment Anything (SAM) for Keras 3.
+
+The public names below are imported lazily (PEP 562), so that importing
+`keras_sam` (e.g. by the `keras-sam` command line) does not import Keras
+before `--backend` has chosen the backend.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "SAM": "keras_sam.models.sam",
+    "SAMPredictor": "keras_sam.predictor",
+    "SAMImageEncoder": "keras_sam.models.image_encoder",
+    "SAMMaskDecoder": "keras_sam.layers.mask_decoder",
+    "SAMPromptEncoder": "keras_sam.layers.prompt_encoder",
+    "load_official_weights": "keras_sam.convert.weights",
+    "layers": "keras_sam.layers",
+    "models": "keras_sam.models",
+    "convert": "keras_sam.convert",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_sam' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith(name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

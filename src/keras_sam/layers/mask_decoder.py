@@ -1,0 +1,327 @@
+"""SAM's mask decoder: image and prompt embeddings to masks and IoU scores."""
+
+import keras
+from keras import ops
+
+from keras_sam.layers import _checks
+from keras_sam.layers.mlp import MLP
+from keras_sam.layers.two_way_transformer import TwoWayTransformer
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMMaskDecoder(keras.layers.Layer):
+    """Mask decoder of the Segment Anything Model (SAM).
+
+    Learned output tokens (one IoU token, `1 + num_multimask_outputs` mask
+    tokens) are prepended to the prompt tokens. A `TwoWayTransformer` lets the
+    tokens and the image embedding (plus the dense prompt embedding) attend to
+    each other. The image side is then upscaled 4x by two transposed
+    convolutions (`C -> C/4 -> C/8`, LayerNorm eps 1e-6 and exact GELU after
+    the first, GELU after the second); each mask token passes through its own
+    3-layer MLP (ReLU) to a `C/8` vector whose dot product with every pixel of
+    the upscaled embedding gives that mask's logits. The IoU token passes
+    through the IoU head (ReLU, no sigmoid) to one predicted IoU per mask.
+
+    All masks are returned; the caller selects. Index 0 is the single-mask
+    output (the official `multimask_output=False`), indices `1..n` the
+    multimask outputs (`multimask_output=True`). The image embedding may have
+    batch 1 and is then shared by every prompt without being copied.
+
+    Args:
+        hidden_size: Width of the two-way transformer; must equal
+            `embedding_dim` (the transformer runs on the embeddings).
+        num_layers: Blocks in the two-way transformer.
+        intermediate_dim: Hidden width of the transformer MLPs.
+        num_heads: Attention heads; must divide `hidden_size // 2`.
+        embedding_dim: Width `C` of image and prompt embeddings (divisible
+            by 8).
+        num_multimask_outputs: Extra masks `n` for ambiguous prompts.
+        iou_head_depth: Dense layers in the IoU head.
+        iou_head_hidden_dim: Hidden width of the IoU head.
+        activation: Activation of the upscaling network; `"gelu"` is the
+            exact (erf) GELU of the official model.
+
+    Call arguments:
+        image_embeddings: `(Bi, He, We, C)` with `Bi` 1 or `B`.
+        prompt_dense_positional_embeddings: `(1 or B, He, We, C)`.
+        prompt_sparse_embeddings: `(B, N, C)`.
+        prompt_dense_embeddings: `(B, He, We, C)`.
+
+    Returns:
+        A dict with `"masks"`: `(B, 1 + n, 4He, 4We)` mask logits and
+        `"iou_pred"`: `(B, 1 + n)` predicted IoUs.
+
+    Raises:
+        ValueError: bad constructor values; inputs of the wrong rank, width
+            or spatial size; batch sizes that cannot broadcast.
+
+    Example:
+    >>> decoder = keras_sam.layers.SAMMaskDecoder(
+    ...     hidden_size=32, num_layers=2, intermediate_dim=64, num_heads=2,
+    ...     embedding_dim=32)
+    >>> out = decoder(
+    ...     image_embeddings=np.zeros((1, 8, 8, 32)),
+    ...     prompt_dense_positional_embeddings=np.zeros((1, 8, 8, 32)),
+    ...     prompt_sparse_embeddings=np.zeros((2, 3, 32)),
+    ...     prompt_dense_embeddings=np.zeros((2, 8, 8, 32)))
+    >>> tuple(out["masks"].shape), tuple(out["iou_pred"].shape)
+    ((2, 4, 32, 32), (2, 4))
+
+    Reference:
+        Kirillov et al., "Segment Anything", ICCV 2023.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        intermediate_dim: int,
+        num_heads: int,
+        embedding_dim: int = 256,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        activation: str = "gelu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        hidden_size = _checks.integer("hidden_size", hidden_size)
+        embedding_dim = _checks.integer("embedding_dim", embedding_dim, 8)
+        if embedding_dim % 8:
+            raise ValueError(
+                "`embedding_dim` must be divisible by 8 (the upscaler "
+                f"produces embedding_dim // 8 channels). Received: "
+                f"embedding_dim={embedding_dim}"
+            )
+        if hidden_size != embedding_dim:
+            raise ValueError(
+                "`hidden_size` must equal `embedding_dim`: the two-way "
+                "transformer runs on the prompt and image embeddings. "
+                f"Received: hidden_size={hidden_size}, "
+                f"embedding_dim={embedding_dim}"
+            )
+        self.hidden_size = hidden_size
+        self.num_layers = _checks.integer("num_layers", num_layers)
+        self.intermediate_dim = _checks.integer(
+            "intermediate_dim", intermediate_dim
+        )
+        self.num_heads = _checks.integer("num_heads", num_heads)
+        self.embedding_dim = embedding_dim
+        self.num_multimask_outputs = _checks.integer(
+            "num_multimask_outputs", num_multimask_outputs, 0
+        )
+        self.iou_head_depth = _checks.integer("iou_head_depth", iou_head_depth)
+        self.iou_head_hidden_dim = _checks.integer(
+            "iou_head_hidden_dim", iou_head_hidden_dim
+        )
+        self.activation = activation
+        self.num_mask_tokens = self.num_multimask_outputs + 1
+
+        policy = self.dtype_policy
+        c = self.embedding_dim
+        self.transformer = TwoWayTransformer(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dtype=policy,
+            name="transformer",
+        )
+        self.iou_token = keras.layers.Embedding(
+            1, c, dtype=policy, name="iou_token"
+        )
+        self.mask_tokens = keras.layers.Embedding(
+            self.num_mask_tokens, c, dtype=policy, name="mask_tokens"
+        )
+        self.output_upscaling = keras.Sequential(
+            [
+                keras.layers.Conv2DTranspose(
+                    c // 4, 2, strides=2, dtype=policy, name="deconv_0"
+                ),
+                keras.layers.LayerNormalization(
+                    epsilon=1e-6, dtype=policy, name="norm_0"
+                ),
+                keras.layers.Activation(activation, dtype=policy, name="act_0"),
+                keras.layers.Conv2DTranspose(
+                    c // 8, 2, strides=2, dtype=policy, name="deconv_1"
+                ),
+                keras.layers.Activation(activation, dtype=policy, name="act_1"),
+            ],
+            name="output_upscaling",
+        )
+        self.output_hypernetworks_mlps = [
+            MLP(
+                hidden_dim=c,
+                output_dim=c // 8,
+                num_layers=3,
+                dtype=policy,
+                name=f"output_hypernetworks_mlp_{i}",
+            )
+            for i in range(self.num_mask_tokens)
+        ]
+        self.iou_prediction_head = MLP(
+            hidden_dim=self.iou_head_hidden_dim,
+            output_dim=self.num_mask_tokens,
+            num_layers=self.iou_head_depth,
+            dtype=policy,
+            name="iou_prediction_head",
+        )
+
+    def build(
+        self,
+        image_embeddings_shape=None,
+        prompt_dense_positional_embeddings_shape=None,
+        prompt_sparse_embeddings_shape=None,
+        prompt_dense_embeddings_shape=None,
+    ):
+        c = self.embedding_dim
+        self.transformer.build()
+        self.iou_token.build((None,))
+        self.mask_tokens.build((None,))
+        self.output_upscaling.build((None, None, None, c))
+        for mlp in self.output_hypernetworks_mlps:
+            mlp.build((None, c))
+        self.iou_prediction_head.build((None, c))
+
+    def _check_shapes(self, image, pe, sparse, dense) -> None:
+        c = self.embedding_dim
+        named = (
+            ("image_embeddings", image, 4, "(B, He, We, C)"),
+            ("prompt_dense_positional_embeddings", pe, 4, "(1, He, We, C)"),
+            ("prompt_sparse_embeddings", sparse, 3, "(B, N, C)"),
+            ("prompt_dense_embeddings", dense, 4, "(B, He, We, C)"),
+        )
+        for name, shape, rank, layout in named:
+            _checks.check_rank(name, shape, rank, layout)
+            _checks.check_dim(name, shape, -1, c, "width (embedding_dim)")
+        for name, shape, _, _ in (named[1], named[3]):
+            for axis in (1, 2):
+                if None not in (shape[axis], image[axis]) and (
+                    shape[axis] != image[axis]
+                ):
+                    raise ValueError(
+                        f"`{name}` must have the spatial size of "
+                        f"`image_embeddings`. Received: {name}.shape={shape}, "
+                        f"image_embeddings.shape={image}"
+                    )
+        # The prompt batch B is that of the sparse prompt embeddings; the
+        # other inputs broadcast from batch 1.
+        b = sparse[0]
+        for name, shape in (
+            ("image_embeddings", image),
+            ("prompt_dense_positional_embeddings", pe),
+            ("prompt_dense_embeddings", dense),
+        ):
+            if None not in (shape[0], b) and shape[0] not in (1, b):
+                raise ValueError(
+                    f"`{name}` must have batch 1 or the prompt batch size "
+                    f"{b}. Received: {name}.shape={shape}, "
+                    f"prompt_sparse_embeddings.shape={sparse}"
+                )
+
+    def compute_output_shape(
+        self,
+        image_embeddings_shape,
+        prompt_dense_positional_embeddings_shape,
+        prompt_sparse_embeddings_shape,
+        prompt_dense_embeddings_shape,
+    ):
+        self._check_shapes(
+            image_embeddings_shape,
+            prompt_dense_positional_embeddings_shape,
+            prompt_sparse_embeddings_shape,
+            prompt_dense_embeddings_shape,
+        )
+        b = prompt_sparse_embeddings_shape[0]
+        h, w = image_embeddings_shape[1:3]
+        h = None if h is None else 4 * h
+        w = None if w is None else 4 * w
+        n = self.num_mask_tokens
+        return {"masks": (b, n, h, w), "iou_pred": (b, n)}
+
+    def call(
+        self,
+        image_embeddings,
+        prompt_dense_positional_embeddings,
+        prompt_sparse_embeddings,
+        prompt_dense_embeddings,
+    ):
+        self._check_shapes(
+            *(
+                _checks.static_shape(x)
+                for x in (
+                    image_embeddings,
+                    prompt_dense_positional_embeddings,
+                    prompt_sparse_embeddings,
+                    prompt_dense_embeddings,
+                )
+            )
+        )
+        dtype = self.compute_dtype
+        sparse = ops.cast(prompt_sparse_embeddings, dtype)
+        batch = ops.shape(sparse)[0]
+        c = self.embedding_dim
+
+        # Token order: [iou, mask tokens, prompt tokens].
+        output_tokens = ops.concatenate(
+            [self.iou_token.embeddings, self.mask_tokens.embeddings], axis=0
+        )  # (1 + T, C)
+        output_tokens = ops.broadcast_to(
+            ops.cast(output_tokens, dtype)[None],
+            (batch, self.num_mask_tokens + 1, c),
+        )
+        tokens = ops.concatenate([output_tokens, sparse], axis=1)  # (B, Nt, C)
+
+        # Dense prompts are added to the image embedding; a batch-1 image is
+        # broadcast to the prompt batch.
+        source = ops.cast(image_embeddings, dtype) + ops.cast(
+            prompt_dense_embeddings, dtype
+        )
+        image_shape = ops.shape(image_embeddings)
+        shape = (batch, image_shape[1], image_shape[2], c)
+        source = ops.broadcast_to(source, shape)  # (B, He, We, C)
+        pos = ops.broadcast_to(
+            ops.cast(prompt_dense_positional_embeddings, dtype), shape
+        )
+
+        hidden, source = self.transformer(source, pos, tokens)
+        iou_token_out = hidden[:, 0, :]  # (B, C)
+        mask_tokens_out = hidden[:, 1 : 1 + self.num_mask_tokens, :]
+
+        source = ops.reshape(source, shape)  # (B, He, We, C)
+        upscaled = self.output_upscaling(source)  # (B, 4He, 4We, C/8)
+        hyper_in = ops.stack(
+            [
+                mlp(mask_tokens_out[:, i, :])
+                for i, mlp in enumerate(self.output_hypernetworks_mlps)
+            ],
+            axis=1,
+        )  # (B, T, C/8)
+        up_shape = ops.shape(upscaled)
+        flat = ops.reshape(
+            upscaled, (up_shape[0], up_shape[1] * up_shape[2], up_shape[3])
+        )  # (B, 4He*4We, C/8)
+        masks = ops.matmul(hyper_in, ops.transpose(flat, (0, 2, 1)))
+        masks = ops.reshape(
+            masks, (up_shape[0], self.num_mask_tokens, up_shape[1], up_shape[2])
+        )  # (B, T, 4He, 4We)
+        iou_pred = self.iou_prediction_head(iou_token_out)  # (B, T)
+        return {"masks": masks, "iou_pred": iou_pred}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers,
+                "intermediate_dim": self.intermediate_dim,
+                "num_heads": self.num_heads,
+                "embedding_dim": self.embedding_dim,
+                "num_multimask_outputs": self.num_multimask_outputs,
+                "iou_head_depth": self.iou_head_depth,
+                "iou_head_hidden_dim": self.iou_head_hidden_dim,
+                "activation": self.activation,
+            }
+        )
+        return config

@@ -1,0 +1,231 @@
+"""The whole Segment Anything Model: image encoder, prompt encoder, decoder."""
+
+import os
+
+import keras
+
+from keras_sam.layers.mask_decoder import SAMMaskDecoder
+from keras_sam.layers.prompt_encoder import SAMPromptEncoder
+from keras_sam.models.image_encoder import SAMImageEncoder
+from keras_sam.models.presets import PRESETS
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAM(keras.Model):
+    """Segment Anything Model: image encoder + prompt encoder + mask decoder.
+
+    The expensive image encoder runs once per image (`encode_image`); the
+    prompt encoder and the decoder run once per prompt batch (`decode`).
+    `call` chains the three.
+
+    Args:
+        image_encoder: a `SAMImageEncoder`.
+        prompt_encoder: a `SAMPromptEncoder`.
+        mask_decoder: a `SAMMaskDecoder`.
+
+    Call arguments:
+        inputs: dict with `"images"` `(B, H, W, 3)` (normalised, padded; see
+            `keras_sam.SAMPredictor` for the pre-processing) and any of
+            `"points"`, `"labels"`, `"boxes"`, `"masks"` as in
+            `SAMPromptEncoder`.
+
+    Returns:
+        dict with `"masks"` `(B, 1 + n, 4He, 4We)` logits and `"iou_pred"`
+        `(B, 1 + n)`.
+
+    Example:
+    >>> model = keras_sam.SAM.from_preset("sam_vit_b")  # doctest: +SKIP
+    >>> model = keras_sam.SAM.from_checkpoint("sam_vit_b_01ec64.pth")
+    ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        image_encoder: SAMImageEncoder,
+        prompt_encoder: SAMPromptEncoder,
+        mask_decoder: SAMMaskDecoder,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        image_grid = image_encoder.grid_size
+        if tuple(prompt_encoder.image_embedding_size) != tuple(image_grid):
+            raise ValueError(
+                "`prompt_encoder.image_embedding_size` must equal the image "
+                f"encoder's output grid. Received: image_embedding_size="
+                f"{prompt_encoder.image_embedding_size}, image encoder grid "
+                f"{image_grid}"
+            )
+        if tuple(prompt_encoder.input_image_size) != tuple(
+            image_encoder.image_shape[:2]
+        ):
+            raise ValueError(
+                "`prompt_encoder.input_image_size` must equal the image "
+                "encoder's input size. Received: input_image_size="
+                f"{prompt_encoder.input_image_size}, image_shape="
+                f"{image_encoder.image_shape}"
+            )
+        widths = {
+            "image_encoder.num_output_channels": (
+                image_encoder.num_output_channels
+            ),
+            "prompt_encoder.hidden_size": prompt_encoder.hidden_size,
+            "mask_decoder.embedding_dim": mask_decoder.embedding_dim,
+        }
+        if len(set(widths.values())) != 1:
+            raise ValueError(
+                "The three parts must share one embedding width. Received: "
+                + ", ".join(f"{k}={v}" for k, v in widths.items())
+            )
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+    def build(self, input_shape=None):
+        for layer in (
+            self.image_encoder,
+            self.prompt_encoder,
+            self.mask_decoder,
+        ):
+            if not layer.built:
+                layer.build()
+        self.built = True
+
+    def encode_image(self, images):
+        """`(B, H, W, 3)` pre-processed images -> `(B, He, We, C)`."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings,
+        points=None,
+        labels=None,
+        boxes=None,
+        masks=None,
+    ) -> dict:
+        """Prompts + image embeddings -> `{"masks", "iou_pred"}`."""
+        prompts = self.prompt_encoder(
+            points=points, labels=labels, boxes=boxes, masks=masks
+        )
+        return self.mask_decoder(image_embeddings=image_embeddings, **prompts)
+
+    def compiled_method(self, method: str):
+        """`encode_image` or `decode` as one compiled function (cached).
+
+        JAX: `jax.jit`; TensorFlow: `tf.function`; PyTorch: eager. Used by
+        `SAMPredictor`; the inputs are NumPy arrays or None.
+        """
+        from keras_sam._backend_compile import compile_inference
+
+        cache = self.__dict__.setdefault("_compiled_methods", {})
+        if method not in cache:
+            cache[method] = compile_inference(self, getattr(self, method))
+        return cache[method]
+
+    def call(self, inputs):
+        embeddings = self.encode_image(inputs["images"])
+        prompts = {k: v for k, v in inputs.items() if k != "images"}
+        return self.decode(embeddings, **prompts)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                name: keras.saving.serialize_keras_object(getattr(self, name))
+                for name in ("image_encoder", "prompt_encoder", "mask_decoder")
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            if isinstance(config.get(name), dict):
+                config[name] = keras.saving.deserialize_keras_object(
+                    config[name]
+                )
+        return cls(**config)
+
+    @classmethod
+    def from_config_dicts(
+        cls,
+        image_encoder: dict,
+        prompt_encoder: dict,
+        mask_decoder: dict,
+        **kwargs,
+    ) -> "SAM":
+        """Build from the constructor arguments of the three parts."""
+        return cls(
+            image_encoder=SAMImageEncoder(
+                **image_encoder, name="image_encoder"
+            ),
+            prompt_encoder=SAMPromptEncoder(
+                **prompt_encoder, name="prompt_encoder"
+            ),
+            mask_decoder=SAMMaskDecoder(**mask_decoder, name="mask_decoder"),
+            **kwargs,
+        )
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        return sorted(PRESETS)
+
+    @classmethod
+    def from_preset(
+        cls, name: str, weights: str | os.PathLike | bool | None = None
+    ) -> "SAM":
+        """A model with a preset architecture.
+
+        Args:
+            name: one of `SAM.presets()`.
+            weights: None or False for random weights; a path to load an
+                official `.pth` or a safetensors file; True to download the
+                official checkpoint (cached, verified) and load it.
+        """
+        if name not in PRESETS:
+            raise ValueError(
+                f"Unknown preset. Received: name={name!r}; available: "
+                f"{', '.join(sorted(PRESETS))}"
+            )
+        preset = PRESETS[name]
+        model = cls.from_config_dicts(
+            preset["image_encoder"],
+            preset["prompt_encoder"],
+            preset["mask_decoder"],
+            name=name,
+        )
+        model.build()
+        if weights is True:
+            from keras_sam.download import download
+
+            weights = download(preset["url"], sha256=preset["sha256_prefix"])
+        if weights:
+            model.load_checkpoint(weights)
+        return model
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> "SAM":
+        """Build a model whose architecture is read from an official
+        checkpoint's tensor shapes, and load it."""
+        from keras_sam.convert.checkpoint import detect_architecture
+        from keras_sam.convert.checkpoint import read_state_dict
+
+        state = read_state_dict(path)
+        config = detect_architecture(state)
+        model = cls.from_config_dicts(**config)
+        model.build()
+        model.load_state_dict(state)
+        return model
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Load an official `.pth` or a safetensors checkpoint file."""
+        from keras_sam.convert.checkpoint import read_state_dict
+
+        self.load_state_dict(read_state_dict(path))
+
+    def load_state_dict(self, state_dict) -> None:
+        """Load an official `Sam` state dict; all parts or nothing."""
+        from keras_sam.convert.weights import load_official_weights
+
+        load_official_weights(self, state_dict)

@@ -1,0 +1,412 @@
+"""Interactive prediction with SAM: set an image once, prompt it many times."""
+
+import keras
+import numpy as np
+
+from keras_sam import transforms
+
+MASK_THRESHOLD = 0.0
+
+
+def _as_array(name: str, value, dtype, shape_doc: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"`{name}` must be an array {shape_doc}. Received: {name}={value!r}"
+        ) from e
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"`{name}` must be finite. Received: {name} containing NaN or "
+            "infinity"
+        )
+    return array
+
+
+def stability_score(
+    logits: np.ndarray, threshold: float, offset: float
+) -> np.ndarray:
+    """Area above `threshold + offset` over area above `threshold - offset`
+    (the IoU of the two binarisations), per mask over the last two axes."""
+    high = np.sum(logits > threshold + offset, axis=(-2, -1), dtype=np.int64)
+    low = np.sum(logits > threshold - offset, axis=(-2, -1), dtype=np.int64)
+    return np.where(low > 0, high / np.maximum(low, 1), 1.0)
+
+
+class SAMPredictor:
+    """Segment an image from points, boxes and mask prompts.
+
+    The semantics are those of the official `SamPredictor`: `set_image`
+    resizes the longest side to the model's input size (PIL bilinear, the
+    official rounding), normalises with the ImageNet mean and std, pads
+    bottom/right and runs the image encoder once; `predict` scales prompt
+    coordinates into that frame, appends the official padding point when
+    points come without a box, decodes, and upsamples the selected masks to
+    the original image size (bilinear to the padded size, crop, bilinear to
+    the original size, composed into one matrix per axis).
+
+    Args:
+        model: a `keras_sam.SAM`.
+        use_stability_fallback: with `multimask_output=False`, replace the
+            single-mask output by the best multimask output (by predicted
+            IoU) when its stability score is below `stability_thresh`, as
+            SAM 2 does. Off by default (official SAM behaviour).
+        stability_delta: logit offset of that stability score.
+        stability_thresh: minimum stability of the single-mask output.
+
+    Example:
+    >>> predictor = keras_sam.SAMPredictor(model)  # doctest: +SKIP
+    >>> predictor.set_image(image)  # uint8 (H, W, 3) RGB  # doctest: +SKIP
+    >>> masks, scores, logits = predictor.predict(
+    ...     point_coords=[[500, 375]], point_labels=[1])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        use_stability_fallback: bool = False,
+        stability_delta: float = 0.05,
+        stability_thresh: float = 0.98,
+    ):
+        self.model = model
+        if not model.built:
+            model.build()
+        self.use_stability_fallback = bool(use_stability_fallback)
+        self.stability_delta = float(stability_delta)
+        self.stability_thresh = float(stability_thresh)
+        self.image_size = tuple(model.prompt_encoder.input_image_size)
+        self.mask_input_size = tuple(model.prompt_encoder.mask_input_size)
+        self.reset_image()
+
+    # -- image ---------------------------------------------------------------
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+        self.is_image_set = False
+
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        """Compute the embedding of `image`, uint8 `(H, W, 3)`.
+
+        Args:
+            image: uint8 `(H, W, 3)` array.
+            image_format: `"RGB"` or `"BGR"` channel order of `image`.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(
+                "`image_format` must be 'RGB' or 'BGR'. Received: "
+                f"image_format={image_format!r}"
+            )
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(
+                "`image` must be a uint8 array (H, W, 3). Received: "
+                f"image.dtype={image.dtype}"
+            )
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                "`image` must have shape (H, W, 3) (RGB or BGR). Received: "
+                f"image.shape={image.shape}"
+            )
+        if min(image.shape[:2]) < 1:
+            raise ValueError(
+                f"`image` must not be empty. Received: image.shape="
+                f"{image.shape}"
+            )
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        original_size = image.shape[:2]
+        input_size = transforms.preprocess_shape(
+            original_size, max(self.image_size)
+        )
+        resized = transforms.resize_image(
+            np.ascontiguousarray(image), input_size
+        )
+        model_input = transforms.normalize_and_pad(resized, self.image_size[0])
+        features = self.model.compiled_method("encode_image")(model_input[None])
+        self.features = keras.ops.convert_to_numpy(features)
+        self.original_size = tuple(int(v) for v in original_size)
+        self.input_size = input_size
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image embedding, `(1, He, We, C)` float32."""
+        self._require_image()
+        return self.features
+
+    def set_image_embedding(
+        self, embedding, original_size: tuple[int, int]
+    ) -> None:
+        """Reuse a stored embedding of an image of `original_size` (H, W)."""
+        embedding = np.asarray(embedding, np.float32)
+        he, we = self.model.prompt_encoder.image_embedding_size
+        c = self.model.prompt_encoder.hidden_size
+        if embedding.shape != (1, he, we, c):
+            raise ValueError(
+                f"`embedding` must have shape {(1, he, we, c)}. Received: "
+                f"embedding.shape={embedding.shape}"
+            )
+        try:
+            h, w = (int(v) for v in original_size)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                "`original_size` must be (height, width). Received: "
+                f"original_size={original_size!r}"
+            ) from e
+        if h < 1 or w < 1:
+            raise ValueError(
+                "`original_size` must be positive. Received: "
+                f"original_size={original_size!r}"
+            )
+        self.features = embedding
+        self.original_size = (h, w)
+        self.input_size = transforms.preprocess_shape(
+            (h, w), max(self.image_size)
+        )
+        self.is_image_set = True
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError(
+                "An image must be set with `set_image` or "
+                "`set_image_embedding` before predicting."
+            )
+
+    # -- prompts -------------------------------------------------------------
+
+    def _check_coords(self, name: str, coords: np.ndarray) -> None:
+        h, w = self.original_size
+        x, y = coords[..., 0], coords[..., 1]
+        if np.any(x < 0) or np.any(x > w) or np.any(y < 0) or np.any(y > h):
+            raise ValueError(
+                f"`{name}` must lie inside the image (0 <= x <= {w}, "
+                f"0 <= y <= {h}). Received: {name} with x in "
+                f"[{x.min()}, {x.max()}], y in [{y.min()}, {y.max()}]"
+            )
+
+    def _prepare(
+        self, point_coords, point_labels, boxes, mask_input, batch_shape
+    ):
+        """Validate numpy prompts of a batch and move them to the model frame.
+
+        Returns the prompt-encoder keyword arguments.
+        """
+        prompts = {}
+        batch = None
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None or point_labels is None:
+                missing = (
+                    "point_labels"
+                    if point_coords is not None
+                    else ("point_coords")
+                )
+                raise ValueError(
+                    "`point_coords` and `point_labels` go together. Received: "
+                    f"{missing}=None"
+                )
+            coords = _as_array(
+                "point_coords", point_coords, np.float64, "(N, 2)"
+            )
+            labels = _as_array("point_labels", point_labels, np.float64, "(N,)")
+            if coords.ndim != len(batch_shape) + 2 or coords.shape[-1] != 2:
+                raise ValueError(
+                    "`point_coords` must have shape "
+                    f"{batch_shape_doc(batch_shape, '(N, 2)')}. Received: "
+                    f"point_coords.shape={coords.shape}"
+                )
+            if labels.shape != coords.shape[:-1]:
+                raise ValueError(
+                    "`point_labels` must have one label per point, shape "
+                    f"{coords.shape[:-1]}. Received: point_labels.shape="
+                    f"{labels.shape}"
+                )
+            if not np.all(np.isin(labels, (0, 1, 2, 3, -1))):
+                raise ValueError(
+                    "`point_labels` must be 1 (foreground), 0 (background), "
+                    "2/3 (box corners) or -1 (ignored point). Received: "
+                    f"point_labels={labels.tolist()}"
+                )
+            self._check_coords("point_coords", coords)
+            coords = transforms.apply_coords(
+                coords, self.original_size, self.input_size
+            )
+            batch = coords.shape[0] if batch_shape else None
+            prompts["points"] = coords.astype(np.float32)
+            prompts["labels"] = labels.astype(np.int32)
+        if boxes is not None:
+            box = _as_array("box", boxes, np.float64, "(4,) x1, y1, x2, y2")
+            if box.ndim != len(batch_shape) + 1 or box.shape[-1] != 4:
+                raise ValueError(
+                    "`box` must have shape "
+                    f"{batch_shape_doc(batch_shape, '(4,)')} as x1, y1, x2, "
+                    f"y2. Received: box.shape={box.shape}"
+                )
+            if np.any(box[..., 2] < box[..., 0]) or np.any(
+                box[..., 3] < box[..., 1]
+            ):
+                raise ValueError(
+                    "`box` must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1. "
+                    f"Received: box={box.tolist()}"
+                )
+            corners = box.reshape(box.shape[:-1] + (2, 2))
+            self._check_coords("box", corners)
+            corners = transforms.apply_coords(
+                corners, self.original_size, self.input_size
+            )
+            if batch is not None and corners.shape[0] != batch:
+                raise ValueError(
+                    "`boxes` must have one box per prompt of the batch. "
+                    f"Received: {corners.shape[0]} boxes for {batch} point "
+                    "prompts"
+                )
+            batch = corners.shape[0] if batch_shape else None
+            prompts["boxes"] = corners.reshape((-1, 1, 2, 2)).astype(np.float32)
+        if mask_input is not None:
+            mask = _as_array("mask_input", mask_input, np.float32, "(1, h, w)")
+            expected = (1,) + self.mask_input_size
+            if batch_shape:
+                if mask.ndim == 3:
+                    mask = mask[:, None]
+                expected = (mask.shape[0],) + expected
+            if mask.shape != expected:
+                raise ValueError(
+                    f"`mask_input` must have shape {expected}: low-resolution "
+                    "logits from an earlier prediction. Received: "
+                    f"mask_input.shape={mask.shape}"
+                )
+            if batch is not None and mask.shape[0] != batch:
+                raise ValueError(
+                    "`mask_input` must have one mask per prompt of the batch. "
+                    f"Received: {mask.shape[0]} masks for {batch} prompts"
+                )
+            prompts["masks"] = mask.reshape(
+                (-1, 1) + self.mask_input_size + (1,)
+            )
+        if not batch_shape:
+            for key in ("points", "labels"):
+                if key in prompts:
+                    prompts[key] = prompts[key][None]
+        if "points" in prompts and "boxes" not in prompts:
+            # The official encoder's padding point: (0, 0) with label -1.
+            b = prompts["points"].shape[0]
+            prompts["points"] = np.concatenate(
+                [prompts["points"], np.zeros((b, 1, 2), np.float32)], axis=1
+            )
+            prompts["labels"] = np.concatenate(
+                [prompts["labels"], -np.ones((b, 1), np.int32)], axis=1
+            )
+        return prompts
+
+    def _decode(self, prompts, multimask_output: bool):
+        out = self.model.compiled_method("decode")(self.features, **prompts)
+        logits = keras.ops.convert_to_numpy(out["masks"])  # (B, T, h, w)
+        scores = keras.ops.convert_to_numpy(out["iou_pred"])  # (B, T)
+        if multimask_output:
+            return logits[:, 1:], scores[:, 1:]
+        single, single_score = logits[:, :1], scores[:, :1]
+        if self.use_stability_fallback and logits.shape[1] > 1:
+            stable = stability_score(
+                single[:, 0], MASK_THRESHOLD, self.stability_delta
+            )
+            best = 1 + np.argmax(scores[:, 1:], axis=1)
+            rows = np.arange(logits.shape[0])
+            unstable = stable < self.stability_thresh
+            single = np.where(
+                unstable[:, None, None, None],
+                logits[rows, best][:, None],
+                single,
+            )
+            single_score = np.where(
+                unstable[:, None], scores[rows, best][:, None], single_score
+            )
+        return single, single_score
+
+    def _finish(self, logits, scores, return_logits: bool):
+        masks = transforms.postprocess_masks(
+            logits, self.input_size, self.original_size, self.image_size
+        )
+        if not return_logits:
+            masks = masks > MASK_THRESHOLD
+        return masks, scores, logits
+
+    # -- public prediction ---------------------------------------------------
+
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for one prompt on the current image.
+
+        Args:
+            point_coords: `(N, 2)` x, y pixels in the original image.
+            point_labels: `(N,)`: 1 foreground, 0 background (2/3 box
+                corners, -1 ignored).
+            box: `(4,)` x1, y1, x2, y2 pixels in the original image.
+            mask_input: `(1, 256, 256)` low-resolution logits from an
+                earlier `predict` (its third output), not a binary mask.
+            multimask_output: three masks for an ambiguous prompt (True) or
+                one (False).
+            return_logits: return logits instead of boolean masks.
+
+        Returns:
+            `(masks, scores, low_res_logits)`: `(C, H, W)` bool (or float32
+            logits), `(C,)` predicted IoUs, `(C, 256, 256)` logits, with
+            `C = 3` for multimask output and 1 otherwise.
+
+        Raises:
+            RuntimeError: no image set.
+            ValueError: a prompt of the wrong shape, non-finite, outside the
+                image, a box with x2 < x1 or y2 < y1, a wrong `mask_input`
+                size.
+        """
+        self._require_image()
+        prompts = self._prepare(point_coords, point_labels, box, mask_input, ())
+        logits, scores = self._decode(prompts, multimask_output)
+        masks, scores, logits = self._finish(logits, scores, return_logits)
+        return masks[0], scores[0], logits[0]
+
+    def predict_batch(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for a batch of B prompts on the current image, decoded
+        together (e.g. several boxes at once).
+
+        Args:
+            point_coords: `(B, N, 2)`; point_labels: `(B, N)`.
+            boxes: `(B, 4)` x1, y1, x2, y2.
+            mask_input: `(B, 1, 256, 256)` or `(B, 256, 256)` logits.
+            multimask_output, return_logits: as in `predict`.
+
+        Returns:
+            `(masks (B, C, H, W), scores (B, C), low_res_logits
+            (B, C, 256, 256))`.
+        """
+        self._require_image()
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError(
+                "`predict_batch` needs at least one of point_coords, boxes "
+                "or mask_input: it has no batch size otherwise."
+            )
+        prompts = self._prepare(
+            point_coords, point_labels, boxes, mask_input, ("B",)
+        )
+        logits, scores = self._decode(prompts, multimask_output)
+        return self._finish(logits, scores, return_logits)
+
+
+def batch_shape_doc(batch_shape: tuple, shape: str) -> str:
+    return f"({', '.join(batch_shape)}, {shape[1:]}" if batch_shape else shape

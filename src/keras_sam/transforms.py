@@ -1,0 +1,117 @@
+"""Image and coordinate transforms of SAM's predictor (NumPy).
+
+The official pipeline resizes the longest image side to the model input size
+(PIL bilinear, `int(x + 0.5)` rounding of the new size), normalises with the
+ImageNet mean and std, and pads bottom/right with zeros. Mask logits go back
+with two bilinear resizes (`align_corners=False`, no antialias): to the
+padded input size, crop to the resized image, then to the original size.
+Both resizes and the crop are linear maps along each axis, so here they are
+composed into one matrix per axis and applied with two matrix products:
+`masks = A_y @ logits @ A_x^T`, equal to the official result up to float32
+rounding, and computed only for the masks that are returned.
+"""
+
+import functools
+
+import numpy as np
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def preprocess_shape(
+    old_size: tuple[int, int], long_side: int
+) -> tuple[int, int]:
+    """`(height, width)` after resizing the longest side to `long_side`."""
+    h, w = old_size
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 `(H, W, 3)` image to `size = (h, w)`, PIL bilinear.
+
+    PIL's bilinear filter (antialiased when shrinking, 8-bit fixed point) is
+    what the official predictor uses, through torchvision.
+    """
+    from PIL import Image
+
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    resized = Image.fromarray(image).resize(
+        (size[1], size[0]), resample=Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
+
+
+def normalize_and_pad(image: np.ndarray, input_size: int) -> np.ndarray:
+    """`(h, w, 3)` uint8 -> `(input_size, input_size, 3)` float32, normalised
+    then zero-padded bottom/right."""
+    mean = np.asarray(PIXEL_MEAN, np.float32)
+    std = np.asarray(PIXEL_STD, np.float32)
+    x = (image.astype(np.float32) - mean) / std
+    h, w = x.shape[:2]
+    return np.pad(x, ((0, input_size - h), (0, input_size - w), (0, 0)))
+
+
+def apply_coords(
+    coords: np.ndarray, old_size: tuple[int, int], new_size: tuple[int, int]
+) -> np.ndarray:
+    """Scale `(..., 2)` x, y pixel coordinates from `old_size` to
+    `new_size` (both `(h, w)`)."""
+    coords = np.array(coords, dtype=np.float64, copy=True)
+    coords[..., 0] = coords[..., 0] * (new_size[1] / old_size[1])
+    coords[..., 1] = coords[..., 1] * (new_size[0] / old_size[0])
+    return coords
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """`(out_size, in_size)` matrix of a 1-D bilinear resize with
+    `align_corners=False` and no antialias (PyTorch `F.interpolate`)."""
+    scale = in_size / out_size
+    src = (np.arange(out_size) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)  # PyTorch clamps negative positions to 0
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    m = np.zeros((out_size, in_size), np.float64)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return m
+
+
+@functools.lru_cache(maxsize=16)
+def _postprocess_matrix(
+    low_res: int, padded: int, kept: int, original: int
+) -> np.ndarray:
+    up = bilinear_matrix(low_res, padded)[:kept]  # resize, then crop
+    return (bilinear_matrix(kept, original) @ up).astype(np.float32)
+
+
+def postprocess_masks(
+    low_res_logits: np.ndarray,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    padded_size: tuple[int, int],
+) -> np.ndarray:
+    """Low-resolution logits `(..., h, w)` to the original image size.
+
+    Args:
+        low_res_logits: `(..., h, w)` decoder logits (256x256 for SAM).
+        input_size: `(h, w)` of the resized image inside the padded input.
+        original_size: `(H, W)` of the image given to the predictor.
+        padded_size: `(h, w)` of the padded model input (1024, 1024).
+
+    Returns:
+        `(..., H, W)` float32 logits.
+    """
+    h, w = low_res_logits.shape[-2:]
+    a_y = _postprocess_matrix(
+        h, padded_size[0], input_size[0], original_size[0]
+    )
+    a_x = _postprocess_matrix(
+        w, padded_size[1], input_size[1], original_size[1]
+    )
+    logits = np.asarray(low_res_logits, np.float32)
+    return np.matmul(np.matmul(a_y, logits), a_x.T)

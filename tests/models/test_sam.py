@@ -1,0 +1,179 @@
+"""The composite SAM model: presets, configs, serialisation, full size."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import keras_sam
+from keras_sam.models.presets import PRESETS
+from keras_sam.models.sam import SAM
+from tests import helpers
+from tests.reference import official
+from tests.test_predictor import DECODER
+from tests.test_predictor import ENCODER
+from tests.test_predictor import PROMPT
+
+
+def _official_sam_on_meta(preset: dict):
+    enc = preset["image_encoder"]
+    with torch.device("meta"):
+        image_encoder = official.image_encoder_module(enc)
+        prompt_encoder = official.PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(64, 64),
+            input_image_size=(1024, 1024),
+            mask_in_chans=16,
+        )
+        mask_decoder = official.MaskDecoder(
+            transformer_dim=256,
+            transformer=official.TwoWayTransformer(
+                depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8
+            ),
+        )
+        return official.Sam(image_encoder, prompt_encoder, mask_decoder)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_parameter_counts_equal_official(name):
+    preset = PRESETS[name]
+    with keras.StatelessScope(initialize_variables=False):
+        model = SAM.from_config_dicts(
+            preset["image_encoder"],
+            preset["prompt_encoder"],
+            preset["mask_decoder"],
+        )
+        model.build()
+    ref = _official_sam_on_meta(preset)
+    ref_params = sum(p.numel() for p in ref.parameters())
+    ref_buffers = sum(
+        b.numel() for name, b in ref.named_buffers() if "pixel_" not in name
+    )
+    assert helpers.count_params(model.trainable_weights) == ref_params
+    assert helpers.count_params(model.non_trainable_weights) == ref_buffers
+    # Every official tensor has a row in the conversion tables.
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    assert len(shapes) == len(model.weights)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="sam_vit_x"):
+        SAM.from_preset("sam_vit_x")
+
+
+def test_parts_must_agree():
+    with pytest.raises(ValueError, match="image_embedding_size"):
+        SAM.from_config_dicts(
+            ENCODER, dict(PROMPT, image_embedding_size=(8, 8)), DECODER
+        )
+    with pytest.raises(ValueError, match="embedding width"):
+        SAM.from_config_dicts(
+            dict(ENCODER, num_output_channels=48), PROMPT, DECODER
+        )
+
+
+def test_serialisation_round_trip(tmp_path):
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    rng = np.random.default_rng(0)
+    inputs = {
+        "images": rng.normal(size=(1, 256, 256, 3)).astype("float32"),
+        "points": np.array([[[30.0, 40.0], [0.0, 0.0]]], "float32"),
+        "labels": np.array([[1, -1]], "int32"),
+    }
+    out = model(inputs)
+    path = str(tmp_path / "sam.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    again = reloaded(inputs)
+    for key in ("masks", "iou_pred"):
+        np.testing.assert_array_equal(
+            helpers.to_numpy(out[key]), helpers.to_numpy(again[key])
+        )
+
+
+def test_whole_model_loading_is_all_or_nothing():
+    ref = official.make_sam(
+        ENCODER, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2
+    )
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    before = [w.copy() for w in model.get_weights()]
+    state = dict(ref.state_dict())
+    del state["mask_decoder.iou_token.weight"]
+    state["extra.thing"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="iou_token") as info:
+        keras_sam.load_official_weights(model, state)
+    assert "extra.thing" in str(info.value)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.large
+def test_vit_b_forward_at_full_size():
+    """One ViT-B forward pass on a 1024x1024 input (random weights)."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("full-size forward runs once, on the JAX backend")
+    model = SAM.from_preset("sam_vit_b")
+    images = np.zeros((1, 1024, 1024, 3), "float32")
+    embedding = model.compiled_method("encode_image")(images)
+    assert tuple(embedding.shape) == (1, 64, 64, 256)
+    out = model.decode(
+        embedding,
+        points=np.array([[[500.0, 375.0], [0.0, 0.0]]], "float32"),
+        labels=np.array([[1, -1]], "int32"),
+    )
+    assert tuple(out["masks"].shape) == (1, 4, 256, 256)
+    assert np.all(np.isfinite(helpers.to_numpy(out["masks"])))
+
+
+@pytest.fixture
+def official_checkpoint(tmp_path):
+    ref = official.make_sam(
+        ENCODER, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2
+    )
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(ref.state_dict(), path)
+    return ref, path
+
+
+def test_from_checkpoint_detects_the_architecture(official_checkpoint):
+    ref, path = official_checkpoint
+    model = SAM.from_checkpoint(path)
+    assert model.image_encoder.get_config()["hidden_size"] == 64
+    assert model.mask_decoder.num_heads == 8  # official checkpoints: 8
+    images = np.random.default_rng(0).normal(size=(1, 256, 256, 3))
+    images = images.astype("float32")
+    with torch.no_grad():
+        expected = ref.image_encoder(
+            torch.from_numpy(official.nhwc_to_nchw(images))
+        )
+    helpers.assert_close(
+        model.encode_image(images),
+        official.nchw_to_nhwc(official.to_numpy(expected)),
+        helpers.IMAGE_ENCODER_RTOL,
+    )
+
+
+def test_pth_to_safetensors_round_trip(official_checkpoint, tmp_path):
+    from keras_sam.convert.checkpoint import read_state_dict
+    from keras_sam.convert.checkpoint import write_safetensors
+
+    _, path = official_checkpoint
+    converted = tmp_path / "sam_tiny.safetensors"
+    write_safetensors(read_state_dict(path), converted)
+    a = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    a.build()
+    a.load_checkpoint(path)
+    b = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    b.build()
+    b.load_checkpoint(converted)
+    for x, y in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_from_preset_loads_a_given_checkpoint_file(official_checkpoint):
+    _, path = official_checkpoint
+    # The tiny checkpoint is not ViT-B: the load must fail, loading nothing.
+    with pytest.raises(ValueError, match="shape mismatches"):
+        SAM.from_preset("sam_vit_b", weights=path)

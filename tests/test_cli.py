@@ -1,0 +1,166 @@
+"""The `keras-sam` console script, run for real in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from keras_sam.models.sam import SAM
+from keras_sam.predictor import SAMPredictor
+from tests import test_predictor as tp
+from tests.reference import official
+
+SCRIPT = str(Path(sys.executable).with_name("keras-sam"))
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ)
+    env.setdefault("KERAS_BACKEND", "jax")
+    return subprocess.run(
+        [SCRIPT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    ref = official.make_sam(
+        tp.ENCODER, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2
+    )
+    checkpoint = root / "tiny.pth"
+    torch.save(ref.state_dict(), checkpoint)
+    image = tp._image()
+    image_path = root / "photo.png"
+    Image.fromarray(image).save(image_path)
+    return {"root": root, "checkpoint": checkpoint, "image": image_path}
+
+
+def test_segment_writes_masks_overlay_and_json(files):
+    out = files["root"] / "seg"
+    result = run(
+        "segment",
+        files["image"],
+        "--point",
+        "320,200",
+        "--point",
+        "100,400,0",
+        "--box",
+        "120,80,500,420",
+        "--checkpoint",
+        files["checkpoint"],
+        "--multimask",
+        "-o",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((out / "result.json").read_text())
+    assert len(summary["masks"]) == 3
+    with Image.open(out / "overlay.png") as im:
+        assert im.size == (640, 480) and im.mode == "RGB"
+    # The PNG masks are the predictor's masks.
+    model = SAM.from_checkpoint(files["checkpoint"])
+    predictor = SAMPredictor(model)
+    predictor.set_image(np.asarray(Image.open(files["image"]).convert("RGB")))
+    masks, scores, _ = predictor.predict(
+        point_coords=np.array([[320.0, 200.0], [100.0, 400.0]]),
+        point_labels=np.array([1, 0]),
+        box=np.array([120.0, 80.0, 500.0, 420.0]),
+    )
+    for i, entry in enumerate(summary["masks"]):
+        png = np.asarray(Image.open(entry["file"])) > 127
+        np.testing.assert_array_equal(png, masks[i])
+        assert entry["score"] == pytest.approx(float(scores[i]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["segment", "{root}/nope.png", "--point", "1,1"], "IMAGE"),
+        (["segment", "{root}/notes.png", "--point", "1,1"], "IMAGE"),
+        (["segment", "{image}", "--point", "1;2"], "--point"),
+        (["segment", "{image}", "--point", "1,2,5"], "--point"),
+        (["segment", "{image}", "--point", "9000,2"], "--point"),
+        (["segment", "{image}", "--box", "50,50,10,10"], "--box"),
+        (
+            ["segment", "{image}", "--point", "1,1", "--preset", "sam_x"],
+            "--preset",
+        ),
+        (
+            [
+                "segment",
+                "{image}",
+                "--point",
+                "1,1",
+                "--checkpoint",
+                "{root}/no.pth",
+            ],
+            "--checkpoint",
+        ),
+        (["segment", "{image}"], "--point"),
+        (["convert", "{checkpoint}", "-o", "{root}/out.bin"], "--output"),
+        (["info", "{root}/missing.pth"], "CHECKPOINT"),
+    ],
+)
+def test_bad_usage_exits_2_naming_the_flag(files, args, flag):
+    (files["root"] / "notes.png").write_text("not an image")
+    values = {k: str(v) for k, v in files.items()}
+    argv = [a.format(**values) for a in args]
+    if argv[0] == "segment" and "-o" not in argv:
+        argv += ["-o", str(files["root"] / "bad")]
+    if argv[0] == "segment" and not {"--checkpoint", "--preset"} & set(argv):
+        argv += ["--checkpoint", str(files["checkpoint"])]
+    result = run(*argv)
+    assert result.returncode == 2, result.stderr
+    assert flag in result.stderr
+    assert result.stdout == ""
+
+
+def test_convert_and_info(files, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    result = run("convert", files["checkpoint"], "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+    info = run("info", out)
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["tensors"] == len(torch.load(files["checkpoint"]))
+    assert data["architecture"]["image_encoder"]["hidden_size"] == 64
+    assert data["preset"] is None
+    h5 = tmp_path / "tiny.weights.h5"
+    result = run("convert", files["checkpoint"], "-o", h5)
+    assert result.returncode == 0, result.stderr
+    expected = SAM.from_checkpoint(files["checkpoint"])
+    model = SAM.from_config_dicts(
+        tp.ENCODER, tp.PROMPT, dict(tp.DECODER, num_heads=8)
+    )
+    model.build()
+    model.load_weights(h5)
+    for a, b in zip(expected.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_malicious_checkpoint_is_refused(files, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "evil": Evil()}, path)
+    result = run("info", path)
+    assert result.returncode == 1
+    assert "weights_only" in result.stderr
+    assert not marker.exists()
