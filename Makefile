@@ -25,8 +25,8 @@ demo: $(VENV)/.demo-installed
 	KERAS_BACKEND=jax $(BIN)/keras-sam demo
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks scripts)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks scripts)
 
 # The whole suite once per Keras backend; every backend runs even if one
 # fails, and the target fails if any did.
