@@ -235,7 +235,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _as_array(key: str, value) -> np.ndarray:
+def as_array(key: str, value) -> np.ndarray:
+    """A state-dict value (NumPy array or torch tensor) as a NumPy array;
+    bfloat16 tensors become float32. Raises ValueError naming `key`."""
     if hasattr(value, "detach"):  # a torch tensor; no torch import needed
         value = value.detach().cpu()
         if str(value.dtype) == "torch.bfloat16":
@@ -281,7 +283,7 @@ def write_safetensors(
             raise ValueError(
                 f"`state_dict` keys must be strings. Received: {key!r}"
             )
-        arrays[key] = _as_array(key, value)
+        arrays[key] = as_array(key, value)
     if metadata is not None:
         metadata = dict(metadata)
         for k, v in metadata.items():

@@ -2,10 +2,9 @@
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from keras_sam.convert import image_encoder_mapping
 from keras_sam.convert import torch_mapping
+from keras_sam.convert.checkpoint import as_array
 from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
@@ -19,20 +18,6 @@ _TARGETS = {
         image_encoder_mapping.image_encoder_table,
     ),
 }
-
-
-def _to_numpy(name: str, value) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; no torch import needed
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    if not isinstance(value, np.ndarray):
-        raise ValueError(
-            f"`state_dict` values must be arrays or tensors. Received: "
-            f"state_dict[{name!r}] of type {type(value).__name__}"
-        )
-    return value
 
 
 def _select(state_dict: Mapping, prefix: str) -> dict:
@@ -178,7 +163,7 @@ def _plan(target, source: Mapping, table) -> tuple[list, list[str]]:
             continue
         used.add(row.torch_key)
         value = torch_mapping.TRANSFORMS[row.transform](
-            _to_numpy(row.torch_key, source[row.torch_key])
+            as_array(row.torch_key, source[row.torch_key])
         )
         if tuple(value.shape) != tuple(variable.shape):
             mismatched.append(

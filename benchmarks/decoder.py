@@ -1,0 +1,225 @@
+"""Prompt encoder + mask decoder latency: ours vs the references.
+
+Cases (ViT-B decoder, 64x64 image embedding, fp32): one point (with the
+official padding point), one box, and 64 prompts of one point each on one
+image. Every system gets the same weights (random, seeded, converted from the
+official modules) and the same inputs; outputs are checked against the
+official eager result before anything is timed.
+
+Run from the repository root:
+    python benchmarks/decoder.py --backend jax --threads 2
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--no-torch-compile",
+        action="store_true",
+        help="skip the official torch.compile reference",
+    )
+    args = p.parse_args(argv)
+    _common.setup(args)
+
+    import keras
+    import numpy as np
+    import torch
+
+    import keras_sam
+    from keras_sam._backend_compile import compile_inference
+    from tests.reference import official
+
+    device = "cuda" if args.device == "gpu" else "cpu"
+    ref_encoder = official.make_prompt_encoder(seed=0).to(device)
+    ref_decoder = official.make_mask_decoder(seed=1).to(device)
+    encoder = keras_sam.SAMPromptEncoder()
+    decoder = keras_sam.SAMMaskDecoder(
+        hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
+    )
+    keras_sam.load_official_weights(encoder, ref_encoder.state_dict())
+    keras_sam.load_official_weights(decoder, ref_decoder.state_dict())
+
+    class PromptToMask(keras.layers.Layer):
+        def __init__(self, encoder, decoder):
+            super().__init__()
+            self.encoder, self.decoder = encoder, decoder
+
+        def call(self, image_embeddings, points=None, labels=None, boxes=None):
+            prompts = self.encoder(points=points, labels=labels, boxes=boxes)
+            return self.decoder(image_embeddings=image_embeddings, **prompts)
+
+    ours_layer = PromptToMask(encoder, decoder)
+    ours = compile_inference(ours_layer, ours_layer.call)
+
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(1, 64, 64, 256)).astype("float32")
+    point = rng.uniform(0, 1024, (1, 1, 2)).astype("float32")
+    many = rng.uniform(0, 1024, (64, 1, 2)).astype("float32")
+    pad_xy = np.zeros((1, 1, 2), "float32")
+
+    def with_pad(pts):
+        b = pts.shape[0]
+        xy = np.concatenate([pts, np.repeat(pad_xy, b, 0)], axis=1)
+        lab = np.tile(np.array([[1, -1]], "int32"), (b, 1))
+        return xy, lab
+
+    cases = {
+        "1 point": dict(
+            zip(("points", "labels"), with_pad(point), strict=True)
+        ),
+        "1 box": dict(
+            boxes=np.array([[[[200.0, 300.0], [600.0, 700.0]]]], "float32")
+        ),
+        "64 prompts": dict(
+            zip(("points", "labels"), with_pad(many), strict=True)
+        ),
+    }
+
+    emb_t = torch.from_numpy(official.nhwc_to_nchw(embedding)).to(device)
+
+    def official_fn(ref_enc, ref_dec):
+        def run(points=None, labels=None, boxes=None):
+            with torch.inference_mode():
+                pts = None
+                if points is not None:
+                    # The official encoder appends the padding point itself.
+                    pts = (points[:, :-1], labels[:, :-1])
+                sparse, dense = ref_enc(points=pts, boxes=boxes, masks=None)
+                return ref_dec(
+                    image_embeddings=emb_t,
+                    image_pe=ref_enc.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                )
+
+        return run
+
+    def to_torch(inputs):
+        out = {}
+        for k, v in inputs.items():
+            t = torch.from_numpy(v).to(device)
+            out[k] = t.reshape(t.shape[0], 4) if k == "boxes" else t
+        return out
+
+    official_eager = official_fn(ref_encoder, ref_decoder)
+    systems = {"official eager": official_eager}
+    if not args.no_torch_compile:
+        systems["official torch.compile"] = torch.compile(
+            official_fn(ref_encoder, ref_decoder)
+        )
+
+    hub = None
+    if keras.backend.backend() == "jax":
+        import keras_hub
+
+        hub_enc = keras_hub.layers.SAMPromptEncoder()
+        hub_dec = keras_hub.layers.SAMMaskDecoder(
+            hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
+        )
+        hub_enc.build()
+        hub_dec.build()
+        for a, b in zip(
+            encoder.weights, _hub_encoder_order(hub_enc), strict=True
+        ):
+            b.assign(a)
+        _copy_decoder(decoder, hub_dec)
+        hub_layer = PromptToMask(hub_enc, hub_dec)
+        hub = compile_inference(hub_layer, hub_layer.call)
+
+    rows = []
+    results = {}
+    for case, inputs in cases.items():
+        expected = official_eager(**to_torch(inputs))
+        ref_masks = official.to_numpy(expected[0])
+        got = ours(embedding, **inputs)
+        masks = keras.ops.convert_to_numpy(got["masks"])[:, 1:]
+        err = np.abs(masks - ref_masks).max() / np.abs(ref_masks).max()
+        if err > 1e-4:
+            raise SystemExit(f"{case}: ours differ from official by {err:.2e}")
+        timings = {
+            "ours": _common.time_fn(
+                lambda i=inputs: ours(embedding, **i),
+                args.num_warmup,
+                args.num_iters,
+            )
+        }
+        if hub is not None:
+            timings["KerasHub layers (same backend, jit)"] = _common.time_fn(
+                lambda i=inputs: hub(embedding, **i),
+                args.num_warmup,
+                args.num_iters,
+            )
+        for name, fn in systems.items():
+            t_inputs = to_torch(inputs)
+            timings[name] = _common.time_fn(
+                lambda f=fn, i=t_inputs: f(**i), args.num_warmup, args.num_iters
+            )
+        results[case] = timings
+
+    names = list(results["1 point"])
+    for name in names:
+        row = [name]
+        for case in cases:
+            ms = results[case][name]
+            cell = f"{ms:.1f} ms"
+            if case == "64 prompts":
+                cell += f" ({64000 / ms:.0f} prompts/s)"
+            row.append(cell)
+        rows.append(tuple(row))
+    ratio_row = ["best reference / ours (speed-up)"]
+    for case in cases:
+        best = min(v for k, v in results[case].items() if k != "ours")
+        ratio_row.append(f"{best / results[case]['ours']:.2f}x")
+    rows.append(tuple(ratio_row))
+    text = _common.table(rows, ("system", *cases))
+    _common.report("Prompt encoder + mask decoder (ViT-B)", text, args)
+    return 0
+
+
+def _hub_encoder_order(hub_enc):
+    """KerasHub prompt-encoder variables in our variable order."""
+    names = [
+        "positional_embedding_layer",
+        "background_point_embed",
+        "foreground_point_embed",
+        "top_left_corner_embed",
+        "bottom_right_corner_embed",
+        "not_a_point_embed",
+        "no_mask_embed",
+        "mask_downscaler",
+    ]
+    out = []
+    for n in names:
+        out += getattr(hub_enc, n).weights
+    return out
+
+
+def _copy_decoder(ours, hub):
+    pairs = [
+        (ours.transformer, hub.transformer),
+        (ours.iou_token, hub.iou_token),
+        (ours.mask_tokens, hub.mask_tokens),
+        (ours.output_upscaling, hub.output_upscaling),
+        (ours.iou_prediction_head, hub.iou_prediction_head),
+    ] + list(
+        zip(
+            ours.output_hypernetworks_mlps,
+            hub.output_hypernetworks_mlps,
+            strict=True,
+        )
+    )
+    for a, b in pairs:
+        for x, y in zip(a.weights, b.weights, strict=True):
+            y.assign(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
