@@ -20,6 +20,8 @@ _EXPORTS = {
     "layers": "keras_sam.layers",
     "models": "keras_sam.models",
     "convert": "keras_sam.convert",
+    "datasets": "keras_sam.datasets",
+    "losses": "keras_sam.losses",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -127,6 +127,23 @@ class SAM(keras.Model):
         prompts = {k: v for k, v in inputs.items() if k != "images"}
         return self.decode(embeddings, **prompts)
 
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """`keras_sam.losses.SAMLoss` needs the whole output dict (the IoU
+        target depends on the predicted masks); other losses go the usual
+        per-output way."""
+        from keras_sam.losses import SAMLoss
+
+        if not isinstance(self.loss, SAMLoss):
+            return super().compute_loss(
+                x, y, y_pred, sample_weight, training=training
+            )
+        loss = self.loss(y, y_pred, sample_weight)
+        for extra in self.losses:
+            loss = loss + keras.ops.cast(keras.ops.sum(extra), loss.dtype)
+        return loss
+
     def get_config(self):
         config = super().get_config()
         config.update(
