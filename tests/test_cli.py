@@ -164,3 +164,80 @@ def test_malicious_checkpoint_is_refused(files, tmp_path):
     assert result.returncode == 1
     assert "weights_only" in result.stderr
     assert not marker.exists()
+
+
+AUTO_FLAGS = [
+    "--points-per-side",
+    "4",
+    "--pred-iou-thresh",
+    "-100",
+    "--stability-score-thresh",
+    "0",
+    "--stability-score-offset",
+    "0.1",
+]
+
+
+def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from keras_sam.automatic_mask_generator import SAMAutomaticMaskGenerator
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(tp._image((120, 160, 3), seed=1)).save(folder / "a.png")
+    Image.fromarray(tp._image((100, 90, 3), seed=2)).save(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    out = tmp_path / "out"
+    argv = ["auto", folder, "--checkpoint", files["checkpoint"], "-o", out]
+    result = run(*argv, *AUTO_FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.json",
+        "a.png",
+        "b.json",
+        "b.png",
+    ]
+    assert "[1/2]" in result.stderr and "[2/2]" in result.stderr
+
+    model = SAM.from_checkpoint(files["checkpoint"])
+    generator = SAMAutomaticMaskGenerator(
+        model,
+        points_per_side=4,
+        pred_iou_thresh=-100,
+        stability_score_thresh=0,
+        stability_score_offset=0.1,
+    )
+    image = np.asarray(Image.open(folder / "a.png").convert("RGB"))
+    expected = generator.generate(image)
+    document = json.loads((out / "a.json").read_text())
+    assert document["images"][0]["height"] == 120
+    annotations = document["annotations"]
+    assert len(annotations) == len(expected) > 0
+    for ann, record in zip(annotations, expected, strict=True):
+        rle = mask_utils.frPyObjects(ann["segmentation"], 120, 160)
+        decoded = mask_utils.decode(rle).astype(bool)
+        np.testing.assert_array_equal(decoded, record["segmentation"])
+        assert ann["bbox"] == list(record["bbox"])
+        assert ann["area"] == record["area"]
+    with Image.open(out / "a.png") as im:
+        assert im.size == (160, 120)
+
+    # Done images are skipped; --overwrite redoes them.
+    again = run(*argv, *AUTO_FLAGS)
+    assert again.returncode == 0 and "skip" in again.stderr
+    assert again.stdout == ""
+    redo = run(*argv, *AUTO_FLAGS, "--overwrite")
+    assert redo.returncode == 0 and "[2/2]" in redo.stderr
+
+
+def test_auto_missing_input(files, tmp_path):
+    result = run(
+        "auto",
+        tmp_path / "nothing",
+        "--checkpoint",
+        files["checkpoint"],
+        "-o",
+        tmp_path / "o",
+    )
+    assert result.returncode == 2 and "IMAGE_OR_DIR" in result.stderr

@@ -22,6 +22,7 @@ _EXPORTS = {
     "convert": "keras_sam.convert",
     "datasets": "keras_sam.datasets",
     "losses": "keras_sam.losses",
+    "SAMAutomaticMaskGenerator": "keras_sam.automatic_mask_generator",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,6 +2,7 @@
 
 Subcommands:
     segment  masks for clicks and boxes on an image (PNGs, overlay, JSON)
+    auto     segment everything in images or folders (COCO RLE JSON, overlay)
     convert  an official checkpoint to safetensors or Keras .weights.h5
     info     the architecture and size of a checkpoint
     demo     the prompt encoder and mask decoder end to end on an example
@@ -73,6 +74,39 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="output folder"
+    )
+
+    auto = sub.add_parser(
+        "auto",
+        help="segment everything in images (automatic mask generation)",
+        description=(
+            "Run the automatic mask generator over images or folders of "
+            "images. For each image, OUT/<name>.json holds COCO-style "
+            "annotations (RLE segmentation, bbox XYWH, area, predicted_iou, "
+            "stability_score, point_coords, crop_box) and OUT/<name>.png an "
+            "overlay. Images already done are skipped unless --overwrite."
+        ),
+    )
+    auto.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    auto_model = auto.add_argument_group("model")
+    _add_model_arguments(auto_model)
+    amg = auto.add_argument_group("generator (official defaults)")
+    amg.add_argument("--points-per-side", type=int, default=32)
+    amg.add_argument("--points-per-batch", type=int, default=64)
+    amg.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    amg.add_argument("--stability-score-thresh", type=float, default=0.95)
+    amg.add_argument("--stability-score-offset", type=float, default=1.0)
+    amg.add_argument("--box-nms-thresh", type=float, default=0.7)
+    amg.add_argument("--crop-n-layers", type=int, default=0)
+    amg.add_argument("--crop-nms-thresh", type=float, default=0.7)
+    amg.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500)
+    amg.add_argument("--crop-n-points-downscale-factor", type=int, default=1)
+    amg.add_argument("--min-mask-region-area", type=int, default=0)
+    auto.add_argument(
+        "-o", "--output", required=True, metavar="OUT_DIR", help="output folder"
+    )
+    auto.add_argument(
+        "--overwrite", action="store_true", help="redo images already done"
     )
 
     convert = sub.add_parser(
@@ -150,17 +184,13 @@ def _log(message: str) -> None:
 
 
 def _read_image(parser, path: str):
-    import numpy as np
-    from PIL import Image
-    from PIL import UnidentifiedImageError
 
     if not os.path.isfile(path):
         parser.error(f"IMAGE: no such file: {path}")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        parser.error(f"IMAGE: cannot read {path} as an image ({e})")
+        return _read_image_or_raise(path)
+    except ValueError as e:
+        parser.error(f"IMAGE: {e}")
 
 
 def _segment(parser, args) -> int:
@@ -249,6 +279,130 @@ def _segment(parser, args) -> int:
     _write_json(os.path.join(args.output, "result.json"), result)
     print(json.dumps(result, indent=2))
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _collect_images(parser, inputs: list[str]) -> list[str]:
+    images = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_SUFFIXES)
+            )
+            images += found
+        elif os.path.isfile(item):
+            images.append(item)
+        else:
+            parser.error(f"IMAGE_OR_DIR: no such file or folder: {item}")
+    if not images:
+        parser.error("IMAGE_OR_DIR: no images found")
+    return images
+
+
+def _auto(parser, args) -> int:
+    from keras_sam import visualize
+
+    images = _collect_images(parser, args.inputs)
+    os.makedirs(args.output, exist_ok=True)
+    todo = []
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        json_path = os.path.join(args.output, stem + ".json")
+        if os.path.exists(json_path) and not args.overwrite:
+            _log(f"skip {path}: {json_path} exists (use --overwrite)")
+            continue
+        todo.append((path, stem, json_path))
+    if not todo:
+        return 0
+    model = _load_model(parser, args)
+    from keras_sam.automatic_mask_generator import SAMAutomaticMaskGenerator
+
+    generator = SAMAutomaticMaskGenerator(
+        model,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        stability_score_offset=args.stability_score_offset,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers,
+        crop_nms_thresh=args.crop_nms_thresh,
+        crop_overlap_ratio=args.crop_overlap_ratio,
+        crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
+        min_mask_region_area=args.min_mask_region_area,
+        output_mode="uncompressed_rle",
+    )
+    from keras_sam.amg_utils import rle_to_mask
+
+    failures = 0
+    for index, (path, stem, json_path) in enumerate(todo):
+        _log(f"[{index + 1}/{len(todo)}] {path}")
+        try:
+            image = _read_image_or_raise(path)
+        except ValueError as e:
+            _log(f"error: {e}")
+            failures += 1
+            continue
+        records = generator.generate(image)
+        h, w = image.shape[:2]
+        annotations = [
+            {"id": i, "image_id": 0, "category_id": 1, **record}
+            for i, record in enumerate(records)
+        ]
+        document = {
+            "images": [
+                {
+                    "id": 0,
+                    "file_name": os.path.abspath(path),
+                    "height": h,
+                    "width": w,
+                }
+            ],
+            "categories": [{"id": 1, "name": "object"}],
+            "annotations": annotations,
+        }
+        masks = [rle_to_mask(r["segmentation"]) for r in records]
+        picture = visualize.overlay(
+            image,
+            masks,
+            scores=[r["predicted_iou"] for r in records],
+            legend=len(masks) <= 12,
+        )
+        visualize.save_png(picture, os.path.join(args.output, stem + ".png"))
+        _write_json(json_path, _jsonable(document))
+        print(json_path, flush=True)
+        del masks, records
+    return 1 if failures else 0
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read_image_or_raise(path: str):
+    import numpy as np
+    from PIL import Image
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image ({e})") from e
 
 
 def _write_json(path: str, data) -> None:
@@ -403,7 +557,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KERAS_BACKEND"] = args.backend
     if not os.environ.get("KERAS_BACKEND"):
         os.environ["KERAS_BACKEND"] = "jax"
+    # torch's OpenMP threads otherwise spin while NumPy works (2-core CPU:
+    # the automatic mask generator ran 3x slower under the torch backend).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     commands = {
+        "auto": _auto,
         "segment": _segment,
         "convert": _convert,
         "info": _info,

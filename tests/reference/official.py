@@ -2,8 +2,10 @@
 
 This is the only module that imports `segment_anything`, and the only place
 that stubs `torchvision` (there is no CPU build of it here). The stub provides
-just the names `segment_anything` imports at import time; each one raises if
-called, so no test can silently depend on a fake torchvision function.
+just the names `segment_anything` imports: the two box operations of the
+automatic mask generator as small PyTorch implementations of torchvision's
+semantics (below), and the image resize functions raising if called (the
+predictor's resize is reproduced by `set_image_without_torchvision`).
 """
 
 import functools
@@ -15,6 +17,35 @@ import numpy as np
 import torch
 
 from keras_sam.models.image_encoder import SAMImageEncoder
+
+
+def box_area(boxes):
+    """torchvision `box_area`: `(x2 - x1) * (y2 - y1)` of xyxy boxes."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """torchvision `batched_nms`: greedy NMS per category (offset trick),
+    by descending score with a stable sort, IoU > threshold suppressed
+    (float32 IoU compared in float64, as its C++ kernel)."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    boxes = boxes + (idxs.to(boxes) * (boxes.max() + 1))[:, None]
+    order = torch.sort(scores, descending=True, stable=True).indices
+    areas = box_area(boxes)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        lo = torch.maximum(boxes[i, :2], boxes[:, :2])
+        hi = torch.minimum(boxes[i, 2:], boxes[:, 2:])
+        wh = (hi - lo).clamp(min=0)
+        inter = wh[:, 0] * wh[:, 1]
+        iou = inter / (areas[i] + areas - inter)
+        suppressed |= iou.double() > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64)
 
 
 def _install_torchvision_stub() -> None:
@@ -37,9 +68,11 @@ def _install_torchvision_stub() -> None:
             "to_pil_image": unavailable("transforms.functional.to_pil_image"),
         },
         "torchvision.ops": {},
+        # The official generator's NMS: test-side PyTorch implementations
+        # of torchvision's semantics (no CPU torchvision here).
         "torchvision.ops.boxes": {
-            "batched_nms": unavailable("ops.boxes.batched_nms"),
-            "box_area": unavailable("ops.boxes.box_area"),
+            "batched_nms": batched_nms,
+            "box_area": box_area,
         },
     }
     for name, attrs in modules.items():
@@ -267,3 +300,16 @@ def set_image_without_torchvision(predictor, image: np.ndarray) -> None:
     )
     tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None]
     predictor.set_torch_image(tensor, image.shape[:2])
+
+
+def make_generator(model, **kwargs):
+    """An official `SamAutomaticMaskGenerator` whose predictor resizes
+    crops without torchvision."""
+    import segment_anything.automatic_mask_generator as amg
+
+    generator = amg.SamAutomaticMaskGenerator(model, **kwargs)
+    predictor = generator.predictor
+    predictor.set_image = lambda crop: set_image_without_torchvision(
+        predictor, crop
+    )
+    return generator
