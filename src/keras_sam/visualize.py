@@ -69,10 +69,12 @@ def overlay(
         point_labels: optional `(P,)`: 1 drawn green (foreground), 0 red.
         boxes: optional `(M, 4)` x1, y1, x2, y2 pixels.
         alpha: mask opacity.
-        legend: draw the legend box in the top-left corner.
+        legend: add a legend panel (colour, name, score per mask) to the
+            right of the image.
 
     Returns:
-        uint8 `(H, W, 3)` RGB picture.
+        uint8 RGB picture: `(H, W, 3)` without legend; with it, wider (the
+        panel) and at least as tall as the legend.
     """
     from PIL import Image
     from PIL import ImageDraw
@@ -128,23 +130,34 @@ def overlay(
                 width=max(1, width // 2 + 1),
             )
     if legend and masks:
-        lines = []
-        for i in range(len(masks)):
-            name = labels[i] if labels is not None else f"mask {i}"
-            text = name
-            if scores is not None:
-                text += f"  score {float(scores[i]):.3f}"
-            lines.append(text)
-        line_h = 14
-        box_w = 12 + 7 * max(len(t) for t in lines) + 16
-        draw.rectangle(
-            (4, 4, 4 + box_w, 8 + line_h * len(lines)), fill=(255, 255, 255)
-        )
-        for i, text in enumerate(lines):
-            y = 7 + i * line_h
-            draw.rectangle((8, y + 1, 18, y + 11), fill=color(i))
-            draw.text((24, y), text, fill=(0, 0, 0))
+        picture = _with_legend(picture, len(masks), scores, labels)
     return np.asarray(picture)
+
+
+def _with_legend(picture, count: int, scores, labels):
+    """The picture with a legend panel on its right: one line per mask
+    (colour swatch, name, score), never covering the image."""
+    from PIL import Image
+    from PIL import ImageDraw
+
+    lines = []
+    for i in range(count):
+        text = labels[i] if labels is not None else f"mask {i}"
+        if scores is not None:
+            text += f"  {float(scores[i]):.3f}"
+        lines.append(text)
+    line_h, pad = 14, 6
+    width = pad * 3 + 12 + 6 * max(len(t) for t in lines)
+    height = max(picture.height, pad * 2 + line_h * count)
+    canvas = Image.new("RGB", (picture.width + width, height), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = picture.width + pad
+    for i, text in enumerate(lines):
+        y = pad + i * line_h
+        draw.rectangle((x0, y + 1, x0 + 10, y + 11), fill=color(i))
+        draw.text((x0 + 16, y), text, fill=(0, 0, 0))
+    return canvas
 
 
 def save_png(array: np.ndarray, path) -> None:
