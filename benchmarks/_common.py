@@ -32,6 +32,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def setup_env_only(args) -> None:
+    """Record the backend in the environment without importing anything."""
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+
+
 def setup(args) -> None:
     """Apply backend and thread count before any framework is imported."""
     if args.backend:

@@ -52,7 +52,7 @@ def _measure(fn):
     return result, seconds, max(peak[0], _rss_bytes()) - base
 
 
-def _child(system: str, height: int, width: int) -> dict:
+def _child(system: str, height: int, width: int, settings: dict) -> dict:
     import numpy as np
 
     import keras_sam
@@ -63,14 +63,15 @@ def _child(system: str, height: int, width: int) -> dict:
     ref_model = official.make_sam(
         TINY_ENCODER, prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8
     )
+    official.structure_weights_(ref_model)  # blob-like masks, not speckle
     if system == "ours":
         model = keras_sam.SAM.from_config_dicts(TINY_ENCODER, PROMPT, DECODER)
         keras_sam.load_official_weights(model, ref_model.state_dict())
-        generator = keras_sam.SAMAutomaticMaskGenerator(model)
+        generator = keras_sam.SAMAutomaticMaskGenerator(model, **settings)
         generator.generate(image[:256, :256])  # compile outside the timing
         records, seconds, peak = _measure(lambda: generator.generate(image))
     else:
-        generator = official.make_generator(ref_model)
+        generator = official.make_generator(ref_model, **settings)
         records, seconds, peak = _measure(lambda: generator.generate(image))
     areas = sorted(int(r["area"]) for r in records)
     return {
@@ -87,16 +88,26 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=1500)
     p.add_argument("--width", type=int, default=2250)
     p.add_argument("--child", choices=("ours", "official"))
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
     args = p.parse_args(argv)
+    settings = dict(
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+    )
     if args.child:
         _common.setup(args)
-        print(json.dumps(_child(args.child, args.height, args.width)))
+        result = _child(args.child, args.height, args.width, settings)
+        print(json.dumps(result))
         return 0
+    _common.setup_env_only(args)
     results = {}
     for system in ("ours", "official"):
         cmd = [sys.executable, __file__, "--child", system]
         cmd += ["--height", str(args.height), "--width", str(args.width)]
         cmd += ["--threads", str(args.threads)]
+        cmd += ["--pred-iou-thresh", str(args.pred_iou_thresh)]
+        cmd += ["--stability-score-thresh", str(args.stability_score_thresh)]
         if args.backend:
             cmd += ["--backend", args.backend]
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")

@@ -313,3 +313,28 @@ def make_generator(model, **kwargs):
         predictor, crop
     )
     return generator
+
+
+def structure_weights_(model) -> None:
+    """Edit a random official `Sam` in place so that its masks are blobs.
+
+    Random weights give speckled masks that fill the image (a checkerboard
+    from the stride-2 transposed convolutions and the random positional
+    tables), so every mask box would be the whole image and NMS would keep
+    one mask. With the positional tables zeroed, each transposed-convolution
+    kernel averaged over its 2x2 taps and the hypernetworks' outputs scaled
+    by 100 (logits of order 1), masks have varied boxes and few
+    near-threshold pixels. Convert after editing, so both models get the
+    same weights.
+    """
+    decoder = model.mask_decoder
+    with torch.no_grad():
+        for name, param in model.image_encoder.named_parameters():
+            if name == "pos_embed" or ".rel_pos_" in name:
+                param.zero_()
+        for conv in (decoder.output_upscaling[0], decoder.output_upscaling[3]):
+            w = conv.weight
+            w.copy_(w.mean(dim=(2, 3), keepdim=True).expand_as(w))
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(100.0)
+            mlp.layers[-1].bias.mul_(100.0)
