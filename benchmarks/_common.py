@@ -62,7 +62,10 @@ def setup(args) -> None:
 def sync(x):
     """Wait for a result on any framework (device sync), return it."""
     import keras
+    import numpy as np
 
+    if isinstance(x, np.ndarray):
+        return x
     if hasattr(x, "block_until_ready"):
         x.block_until_ready()
     elif hasattr(x, "cpu") and hasattr(x, "detach"):
@@ -73,7 +76,7 @@ def sync(x):
     elif isinstance(x, (list, tuple)):
         for v in x:
             sync(v)
-    elif keras.backend.is_tensor(x):
+    elif keras.ops.is_tensor(x):
         keras.ops.convert_to_numpy(x)
     return x
 

@@ -86,11 +86,8 @@ def main(argv=None) -> int:
 
     def official_fn(ref_enc, ref_dec):
         def run(points=None, labels=None, boxes=None):
-            with torch.inference_mode():
-                pts = None
-                if points is not None:
-                    # The official encoder appends the padding point itself.
-                    pts = (points[:, :-1], labels[:, :-1])
+            with torch.no_grad():
+                pts = None if points is None else (points, labels)
                 sparse, dense = ref_enc(points=pts, boxes=boxes, masks=None)
                 return ref_dec(
                     image_embeddings=emb_t,
@@ -103,10 +100,16 @@ def main(argv=None) -> int:
         return run
 
     def to_torch(inputs):
+        """Official inputs: boxes (B, 4), points without our padding point
+        (the official encoder appends it itself)."""
         out = {}
         for k, v in inputs.items():
             t = torch.from_numpy(v).to(device)
-            out[k] = t.reshape(t.shape[0], 4) if k == "boxes" else t
+            if k == "boxes":
+                t = t.reshape(t.shape[0], 4)
+            elif k in ("points", "labels"):
+                t = t[:, :-1].contiguous()
+            out[k] = t
         return out
 
     official_eager = official_fn(ref_encoder, ref_decoder)

@@ -6,7 +6,8 @@ ImageNet mean and std, and pads bottom/right with zeros. Mask logits go back
 with two bilinear resizes (`align_corners=False`, no antialias): to the
 padded input size, crop to the resized image, then to the original size.
 Both resizes and the crop are linear maps along each axis, so here they are
-composed into one matrix per axis and applied with two matrix products:
+composed into one sparse matrix per axis (at most a few non-zeros per output
+row) and applied separably as gathers and weighted sums:
 `masks = A_y @ logits @ A_x^T`, equal to the official result up to float32
 rounding, and computed only for the masks that are returned.
 """
@@ -84,9 +85,31 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _postprocess_matrix(
     low_res: int, padded: int, kept: int, original: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """The composed resize-crop-resize map of one axis in sparse form:
+    `(index, weight)`, both `(original, K)`, with
+    `out[i] = sum_k weight[i, k] * in[index[i, k]]`."""
     up = bilinear_matrix(low_res, padded)[:kept]  # resize, then crop
-    return (bilinear_matrix(kept, original) @ up).astype(np.float32)
+    dense = bilinear_matrix(kept, original) @ up  # (original, low_res)
+    k = max(1, int(np.max(np.count_nonzero(dense, axis=1))))
+    index = np.argsort(-np.abs(dense), axis=1, kind="stable")[:, :k]
+    weight = np.take_along_axis(dense, index, axis=1)
+    return index, weight.astype(np.float32)
+
+
+def _apply_axis(x: np.ndarray, index, weight, axis: int) -> np.ndarray:
+    """Apply a sparse `(index, weight)` map along `axis` of `x` (in place
+    accumulation: the outputs are large)."""
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    out = np.take(x, index[:, 0], axis=axis)
+    out *= weight[:, 0].reshape(shape)
+    term = np.empty_like(out)
+    for k in range(1, index.shape[1]):
+        np.take(x, index[:, k], axis=axis, out=term)
+        term *= weight[:, k].reshape(shape)
+        out += term
+    return out
 
 
 def postprocess_masks(
@@ -107,11 +130,12 @@ def postprocess_masks(
         `(..., H, W)` float32 logits.
     """
     h, w = low_res_logits.shape[-2:]
-    a_y = _postprocess_matrix(
+    y_map = _postprocess_matrix(
         h, padded_size[0], input_size[0], original_size[0]
     )
-    a_x = _postprocess_matrix(
+    x_map = _postprocess_matrix(
         w, padded_size[1], input_size[1], original_size[1]
     )
     logits = np.asarray(low_res_logits, np.float32)
-    return np.matmul(np.matmul(a_y, logits), a_x.T)
+    rows = _apply_axis(logits, *y_map, axis=-2)  # (..., H, w)
+    return _apply_axis(rows, *x_map, axis=-1)  # (..., H, W)

@@ -177,3 +177,21 @@ def test_from_preset_loads_a_given_checkpoint_file(official_checkpoint):
     # The tiny checkpoint is not ViT-B: the load must fail, loading nothing.
     with pytest.raises(ValueError, match="shape mismatches"):
         SAM.from_preset("sam_vit_b", weights=path)
+
+
+def test_keras_safetensors_round_trip(tmp_path):
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER, name="tiny")
+    model.build()
+    path = tmp_path / "tiny.safetensors"
+    model.save_keras_safetensors(path)
+    again = SAM.from_keras_safetensors(path)
+    assert again.name == "tiny"
+    for a, b in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # An official-layout file is not this format.
+    from keras_sam.convert.checkpoint import write_safetensors
+
+    other = tmp_path / "other.safetensors"
+    write_safetensors({"w": np.zeros(2, "float32")}, other)
+    with pytest.raises(ValueError, match="keras_sam.variable_paths"):
+        SAM.from_keras_safetensors(other)

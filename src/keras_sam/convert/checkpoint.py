@@ -123,6 +123,21 @@ def _bad_file(path: Path, reason) -> ValueError:
     )
 
 
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` strings of a safetensors file ({} if none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such checkpoint file: {path}")
+    try:
+        header, _ = _safetensors_header(path)
+    except (ValueError, OSError) as e:
+        raise _bad_file(path, e) from e
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"Checkpoint {str(path)!r}: malformed metadata")
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """The safetensors JSON header and the offset where the data starts."""
     with open(path, "rb") as f:

@@ -9,6 +9,14 @@ from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
 from keras_sam.models.presets import PRESETS
 
+KERAS_SAFETENSORS_FORMAT = "keras_sam.variable_paths"
+
+
+def _constructor_args(layer) -> dict:
+    """A layer's own constructor arguments (no name/dtype/trainable)."""
+    base = keras.layers.Layer().get_config()
+    return {k: v for k, v in layer.get_config().items() if k not in base}
+
 
 @keras.saving.register_keras_serializable(package="keras_sam")
 class SAM(keras.Model):
@@ -234,6 +242,83 @@ class SAM(keras.Model):
         model.build()
         model.load_state_dict(state)
         return model
+
+    @classmethod
+    def from_keras_safetensors(cls, path: str | os.PathLike) -> "SAM":
+        """A model saved by `save_keras_safetensors` (config + weights).
+
+        The file's metadata holds `format = "keras_sam.variable_paths"` and
+        the three config dicts; its tensors are keyed by Keras variable path
+        (below the model's own name). Every variable must be present with
+        its shape, else `ValueError` and nothing is loaded.
+        """
+        import json
+
+        from keras_sam.convert.checkpoint import read_safetensors_metadata
+        from keras_sam.convert.checkpoint import read_state_dict
+
+        metadata = read_safetensors_metadata(path)
+        if metadata.get("format") != KERAS_SAFETENSORS_FORMAT:
+            raise ValueError(
+                f"Not a {KERAS_SAFETENSORS_FORMAT} file. Received: metadata "
+                f"format {metadata.get('format')!r} in {path}"
+            )
+        config = json.loads(metadata["config"])
+        model = cls.from_config_dicts(
+            config["image_encoder"],
+            config["prompt_encoder"],
+            config["mask_decoder"],
+            name=metadata.get("name", "sam"),
+        )
+        model.build()
+        state = {
+            k.split("/", 1)[1] if "/" in k else k: v
+            for k, v in read_state_dict(path).items()
+        }
+        variables = {v.path.split("/", 1)[1]: v for v in model.weights}
+        missing = sorted(set(variables) - set(state))
+        unexpected = sorted(set(state) - set(variables))
+        mismatched = sorted(
+            k
+            for k in set(state) & set(variables)
+            if tuple(state[k].shape) != tuple(variables[k].shape)
+        )
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"{path} does not match its config; nothing was loaded. "
+                f"missing: {missing}, unexpected: {unexpected}, shape "
+                f"mismatches: {mismatched}"
+            )
+        for key, variable in variables.items():
+            variable.assign(state[key].astype(variable.dtype))
+        return model
+
+    def save_keras_safetensors(self, path: str | os.PathLike) -> None:
+        """Config + weights in one safetensors file (atomic write)."""
+        import json
+
+        import numpy as np
+
+        from keras_sam.convert.checkpoint import write_safetensors
+
+        config = {
+            "image_encoder": _constructor_args(self.image_encoder),
+            "prompt_encoder": _constructor_args(self.prompt_encoder),
+            "mask_decoder": _constructor_args(self.mask_decoder),
+        }
+        state = {
+            v.path: np.asarray(keras.ops.convert_to_numpy(v), "float32")
+            for v in self.weights
+        }
+        write_safetensors(
+            state,
+            path,
+            metadata={
+                "format": KERAS_SAFETENSORS_FORMAT,
+                "config": json.dumps(config),
+                "name": self.name,
+            },
+        )
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Load an official `.pth` or a safetensors checkpoint file."""

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from keras_sam import transforms
+from tests import helpers
+from tests.reference import official
+
+
+def _official_postprocess(logits, input_size, original_size, padded):
+    """The official `Sam.postprocess_masks` (PyTorch interpolate)."""
+    x = torch.from_numpy(logits)
+    x = F.interpolate(x, padded, mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    x = F.interpolate(x, original_size, mode="bilinear", align_corners=False)
+    return x.numpy()
+
+
+@pytest.mark.parametrize(
+    "original",
+    [(480, 640), (1500, 2250), (100, 37), (1024, 1024), (7, 2000)],
+)
+def test_postprocess_matches_official_interpolation(original):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 64, 64)).astype("float32")
+    input_size = transforms.preprocess_shape(original, 256)
+    expected = _official_postprocess(logits, input_size, original, (256, 256))
+    got = transforms.postprocess_masks(logits, input_size, original, (256, 256))
+    assert got.shape == expected.shape
+    helpers.assert_close(got, expected, 1e-5)
+
+
+@pytest.mark.parametrize("size", [(480, 640), (1500, 2250), (1, 5), (999, 3)])
+def test_preprocess_shape_is_official(size):
+    expected = official.SamPredictor.__init__.__globals__[
+        "ResizeLongestSide"
+    ].get_preprocess_shape(size[0], size[1], 1024)
+    assert transforms.preprocess_shape(size, 1024) == tuple(expected)
+
+
+def test_bilinear_matrix_rows_sum_to_one():
+    m = transforms.bilinear_matrix(7, 20)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    np.testing.assert_allclose(transforms.bilinear_matrix(5, 5), np.eye(5))
+
+
+def test_apply_coords_scales_each_axis():
+    coords = np.array([[10.0, 20.0], [0.0, 479.0]])
+    out = transforms.apply_coords(coords, (480, 640), (768, 1024))
+    np.testing.assert_allclose(out, coords * [1024 / 640, 768 / 480])
