@@ -22,7 +22,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.demo-installed
-	KERAS_BACKEND=jax $(BIN)/keras-sam demo
+	KERAS_BACKEND=jax $(BIN)/keras-sam demo -o demo_out
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests $(wildcard benchmarks scripts)

@@ -241,3 +241,11 @@ def test_auto_missing_input(files, tmp_path):
         tmp_path / "o",
     )
     assert result.returncode == 2 and "IMAGE_OR_DIR" in result.stderr
+
+
+def test_demo_segments_a_held_out_picture(tmp_path):
+    result = run("demo", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "IoU with the true mask" in result.stdout
+    with Image.open(tmp_path / "demo_overlay.png") as im:
+        assert im.mode == "RGB" and im.size[1] == 256

@@ -5,7 +5,7 @@ Subcommands:
     auto     segment everything in images or folders (COCO RLE JSON, overlay)
     convert  an official checkpoint to safetensors or Keras .weights.h5
     info     the architecture and size of a checkpoint
-    demo     the prompt encoder and mask decoder end to end on an example
+    demo     segment a held-out shapes picture with the bundled model
 
 `--backend` is applied before Keras is imported. Results go to stdout,
 progress and logs to stderr.
@@ -34,15 +34,20 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo = sub.add_parser(
         "demo",
-        help="run the two SAM layers end to end on a small example",
+        help="segment a held-out shapes picture with the bundled model",
         description=(
-            "Encode a click and a box with SAMPromptEncoder and decode masks "
-            "with SAMMaskDecoder (ViT-B sizes) from a synthetic image "
-            "embedding. The weights are random (seeded) until a trained "
-            "model ships, so the masks show shapes and speed, not meaning."
+            "Make a synthetic shapes picture the bundled sam_shapes model "
+            "never saw in training, segment one object from one click and "
+            "another from a box, write an overlay PNG, and print the IoU of "
+            "each mask against the true mask."
         ),
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument(
+        "--seed", type=int, default=7, help="which held-out picture"
+    )
+    demo.add_argument(
+        "-o", "--output", default="demo_out", help="output folder"
+    )
 
     segment = sub.add_parser(
         "segment",
@@ -497,51 +502,63 @@ def _demo(args) -> int:
     import keras
     import numpy as np
 
-    from keras_sam.layers import SAMMaskDecoder
-    from keras_sam.layers import SAMPromptEncoder
+    from keras_sam import visualize
+    from keras_sam.datasets.shapes import make_scene
+    from keras_sam.evaluation import EVALUATION_SEED
+    from keras_sam.evaluation import interior_point
+    from keras_sam.evaluation import mask_iou
+    from keras_sam.evaluation import tight_box
+    from keras_sam.models.sam import SAM
+    from keras_sam.predictor import SAMPredictor
 
-    keras.utils.set_random_seed(args.seed)
-    log = sys.stderr
-    print(f"backend: {keras.backend.backend()}", file=log)
-    encoder = SAMPromptEncoder()  # ViT-B/L/H prompt encoder sizes
-    decoder = SAMMaskDecoder(
-        hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
+    _log(f"backend: {keras.backend.backend()}")
+    start = time.perf_counter()
+    model = SAM.from_preset("sam_shapes", weights=True)
+    predictor = SAMPredictor(model)
+    image, masks = make_scene((EVALUATION_SEED, int(args.seed), 0, 1))
+    if len(masks) < 2:
+        raise ValueError(f"scene {args.seed} has fewer than two objects")
+    order = np.argsort([-m.sum() for m in masks])
+    clicked, boxed = masks[order[0]], masks[order[1]]
+    point = interior_point(clicked)
+    box = tight_box(boxed)
+    predictor.set_image(image)
+    click_masks, click_scores, _ = predictor.predict(
+        point_coords=point[None], point_labels=np.array([1])
     )
-    encoder.build()
-    decoder.build()
-    rng = np.random.default_rng(args.seed)
-    embedding = rng.normal(size=(1, 64, 64, 256)).astype("float32")
-    prompts = {
-        "one click (+ padding point)": dict(
-            points=np.array([[[500.0, 375.0], [0.0, 0.0]]], "float32"),
-            labels=np.array([[1, -1]], "int32"),
-        ),
-        "one box": dict(
-            boxes=np.array([[[[425.0, 600.0], [700.0, 875.0]]]], "float32")
-        ),
-    }
-
-    def trainable(layer):
-        return sum(int(np.prod(v.shape)) for v in layer.trainable_weights)
-
+    best = int(np.argmax(click_scores))
+    box_masks, box_scores, _ = predictor.predict(
+        box=box, multimask_output=False
+    )
+    seconds = time.perf_counter() - start
+    click_iou = mask_iou(click_masks[best], clicked)
+    box_iou = mask_iou(box_masks[0], boxed)
+    os.makedirs(args.output, exist_ok=True)
+    picture = visualize.overlay(
+        image,
+        [click_masks[best], box_masks[0]],
+        scores=[click_iou, box_iou],
+        labels=["click, IoU", "box, IoU"],
+        points=point[None],
+        point_labels=[1],
+        boxes=box[None],
+    )
+    overlay = os.path.join(args.output, "demo_overlay.png")
+    visualize.save_png(picture, overlay)
+    visualize.save_png(image, os.path.join(args.output, "demo_input.png"))
     print(
-        f"prompt encoder: {trainable(encoder):,} trainable parameters; "
-        f"mask decoder: {trainable(decoder):,} (random seeded weights)"
+        f"held-out shapes picture {args.seed} ({image.shape[1]}x"
+        f"{image.shape[0]}, {len(masks)} objects), bundled model sam_shapes"
     )
-    for name, prompt in prompts.items():
-        start = time.perf_counter()
-        encoded = encoder(**prompt)
-        out = decoder(image_embeddings=embedding, **encoded)
-        masks = keras.ops.convert_to_numpy(out["masks"])
-        iou = keras.ops.convert_to_numpy(out["iou_pred"])
-        ms = 1000 * (time.perf_counter() - start)
-        sparse = tuple(encoded["prompt_sparse_embeddings"].shape)
-        print(
-            f"{name}: sparse tokens {sparse} -> masks {masks.shape}, "
-            "predicted IoU [" + ", ".join(f"{v:.3f}" for v in iou[0]) + "], "
-            f"foreground pixels of mask 0: {int((masks[0, 0] > 0).sum())}, "
-            f"{ms:.0f} ms (first call includes tracing)"
-        )
+    print(
+        f"one click at ({point[0]:.0f}, {point[1]:.0f}): IoU with the true "
+        f"mask {click_iou:.3f} (predicted {click_scores[best]:.3f})"
+    )
+    print(
+        f"box {box.astype(int).tolist()}: IoU with the true mask "
+        f"{box_iou:.3f} (predicted {box_scores[0]:.3f})"
+    )
+    print(f"overlay: {overlay} ({seconds:.1f} s in all)")
     return 0
 
 
@@ -566,8 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "convert": _convert,
         "info": _info,
     }
-    if args.command == "demo":
-        return _demo(args)
+    commands["demo"] = lambda parser, args: _demo(args)
     try:
         return commands[args.command](parser, args)
     except ValueError as e:  # bad checkpoint, bad prompt: a clear message

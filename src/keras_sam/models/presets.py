@@ -1,9 +1,13 @@
-"""Configurations of the official SAM checkpoints (plain dicts).
+"""Configurations of the SAM presets (plain dicts).
 
-`url` and `sha256_prefix` locate and verify the official checkpoint file;
+Official checkpoints: `url` and `sha256_prefix` locate and verify the file;
 the file names published with SAM end with the first six hex digits of the
 file's SHA-256, which is what is checked (the full digests are not published
 alongside the files).
+
+`sam_shapes` is our own small model, trained on `keras_sam.datasets.shapes`
+by `scripts/train_shapes.py`; its weights ship inside the package
+(`bundled`, relative to the package directory), so it needs no download.
 """
 
 _PROMPT_ENCODER = dict(
@@ -60,5 +64,35 @@ PRESETS = {
         mask_decoder=_MASK_DECODER,
         url=_BASE_URL + "sam_vit_h_4b8939.pth",
         sha256_prefix="4b8939",
+    ),
+    "sam_shapes": dict(
+        image_encoder=dict(
+            hidden_size=128,
+            num_layers=4,
+            intermediate_dim=512,
+            num_heads=4,
+            global_attention_layer_indices=(0, 1, 2, 3),
+            image_shape=(256, 256, 3),
+            patch_size=16,
+            num_output_channels=128,
+            window_size=8,
+        ),
+        prompt_encoder=dict(
+            hidden_size=128,
+            image_embedding_size=(16, 16),
+            input_image_size=(256, 256),
+            mask_in_channels=16,
+        ),
+        mask_decoder=dict(
+            hidden_size=128,
+            num_layers=2,
+            intermediate_dim=256,
+            num_heads=4,
+            embedding_dim=128,
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=128,
+        ),
+        bundled="weights/sam_shapes/sam_shapes.safetensors",
     ),
 }

@@ -205,8 +205,9 @@ class SAM(keras.Model):
         Args:
             name: one of `SAM.presets()`.
             weights: None or False for random weights; a path to load an
-                official `.pth` or a safetensors file; True to download the
-                official checkpoint (cached, verified) and load it.
+                official `.pth` or a safetensors file; True for the
+                preset's own weights: the bundled file for `sam_shapes`,
+                else the official checkpoint, downloaded (cached, verified).
         """
         if name not in PRESETS:
             raise ValueError(
@@ -221,6 +222,13 @@ class SAM(keras.Model):
             name=name,
         )
         model.build()
+        if weights is True and "bundled" in preset:
+            path = os.path.join(
+                os.path.dirname(os.path.dirname(__file__)), preset["bundled"]
+            )
+            bundled = cls.from_keras_safetensors(path)
+            model.set_weights(bundled.get_weights())
+            return model
         if weights is True:
             from keras_sam.download import download
 

@@ -1,0 +1,83 @@
+"""The held-out shapes evaluation: helpers against NumPy, a tiny run."""
+
+import numpy as np
+import pytest
+
+from keras_sam import evaluation
+from keras_sam.models.sam import SAM
+
+ENCODER = dict(
+    hidden_size=32,
+    num_layers=2,
+    intermediate_dim=64,
+    num_heads=2,
+    global_attention_layer_indices=(1,),
+    image_shape=(64, 64, 3),
+    patch_size=16,
+    num_output_channels=32,
+    window_size=4,
+)
+PROMPT = dict(
+    hidden_size=32, image_embedding_size=(4, 4), input_image_size=(64, 64)
+)
+DECODER = dict(
+    hidden_size=32,
+    num_layers=2,
+    intermediate_dim=64,
+    num_heads=2,
+    embedding_dim=32,
+    iou_head_hidden_dim=32,
+)
+
+
+def test_mask_iou_matches_numpy():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.uniform(size=(17, 23)) > 0.5
+        b = rng.uniform(size=(17, 23)) > 0.3
+        # Independent formula: |A n B| / (|A| + |B| - |A n B|), floats.
+        inter = float((a.astype(np.float64) * b).sum())
+        expected = inter / (a.sum() + b.sum() - inter)
+        np.testing.assert_allclose(
+            evaluation.mask_iou(a, b), expected, rtol=1e-12
+        )
+    empty = np.zeros((4, 4), bool)
+    assert evaluation.mask_iou(empty, empty) == 0.0
+    assert evaluation.mask_iou(~empty, ~empty) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        evaluation.mask_iou(empty, empty[:3])
+
+
+def test_interior_point_and_tight_box():
+    mask = np.zeros((20, 30), bool)
+    mask[4:15, 6:27] = True  # rows 4-14, cols 6-26: centre (16, 9)
+    np.testing.assert_array_equal(evaluation.interior_point(mask), [16, 9])
+    np.testing.assert_array_equal(evaluation.tight_box(mask), [6, 4, 26, 14])
+    # An L shape: the point stays inside the mask.
+    mask[:] = False
+    mask[2:18, 2:6] = True
+    mask[14:18, 2:28] = True
+    x, y = evaluation.interior_point(mask).astype(int)
+    assert mask[y, x]
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.tight_box(np.zeros((3, 3), bool))
+
+
+def test_evaluate_shapes_tiny_model():
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    result = evaluation.evaluate_shapes(
+        model, num_images=3, image_size=(64, 64)
+    )
+    assert set(result) == {
+        "point_miou",
+        "box_miou",
+        "num_objects",
+        "num_images",
+    }
+    assert result["num_images"] == 3
+    assert result["num_objects"] >= 3
+    for key in ("point_miou", "box_miou"):
+        assert 0.0 <= result[key] <= 1.0, result
+    with pytest.raises(ValueError, match="num_images"):
+        evaluation.evaluate_shapes(model, num_images=0)
