@@ -38,6 +38,30 @@ PREDICTOR_RTOL = 1e-4
 MASK_LOGIT_MARGIN = 1e-3
 
 
+# A tiny SAM on 64x64 inputs (4x4 embedding) for fit/evaluation tests.
+TINY_64_ENCODER = dict(
+    hidden_size=32,
+    num_layers=2,
+    intermediate_dim=64,
+    num_heads=2,
+    global_attention_layer_indices=(1,),
+    image_shape=(64, 64, 3),
+    patch_size=16,
+    num_output_channels=32,
+    window_size=4,
+)
+TINY_64_PROMPT = dict(
+    hidden_size=32, image_embedding_size=(4, 4), input_image_size=(64, 64)
+)
+TINY_64_DECODER = dict(
+    hidden_size=32,
+    num_layers=2,
+    intermediate_dim=64,
+    num_heads=2,
+    embedding_dim=32,
+)
+
+
 def to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 

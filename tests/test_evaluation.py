@@ -5,29 +5,11 @@ import pytest
 
 from keras_sam import evaluation
 from keras_sam.models.sam import SAM
+from tests import helpers
 
-ENCODER = dict(
-    hidden_size=32,
-    num_layers=2,
-    intermediate_dim=64,
-    num_heads=2,
-    global_attention_layer_indices=(1,),
-    image_shape=(64, 64, 3),
-    patch_size=16,
-    num_output_channels=32,
-    window_size=4,
-)
-PROMPT = dict(
-    hidden_size=32, image_embedding_size=(4, 4), input_image_size=(64, 64)
-)
-DECODER = dict(
-    hidden_size=32,
-    num_layers=2,
-    intermediate_dim=64,
-    num_heads=2,
-    embedding_dim=32,
-    iou_head_hidden_dim=32,
-)
+ENCODER = helpers.TINY_64_ENCODER
+PROMPT = helpers.TINY_64_PROMPT
+DECODER = dict(helpers.TINY_64_DECODER, iou_head_hidden_dim=32)
 
 
 def test_mask_iou_matches_numpy():

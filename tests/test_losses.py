@@ -277,27 +277,9 @@ def test_sam_loss_rejects_bad_inputs():
 
 # -- fit() -------------------------------------------------------------------
 
-ENCODER = dict(
-    hidden_size=32,
-    num_layers=2,
-    intermediate_dim=64,
-    num_heads=2,
-    global_attention_layer_indices=(1,),
-    image_shape=(64, 64, 3),
-    patch_size=16,
-    num_output_channels=32,
-    window_size=4,
-)
-PROMPT = dict(
-    hidden_size=32, image_embedding_size=(4, 4), input_image_size=(64, 64)
-)
-DECODER = dict(
-    hidden_size=32,
-    num_layers=2,
-    intermediate_dim=64,
-    num_heads=2,
-    embedding_dim=32,
-)
+ENCODER = helpers.TINY_64_ENCODER
+PROMPT = helpers.TINY_64_PROMPT
+DECODER = helpers.TINY_64_DECODER
 
 
 @pytest.mark.parametrize("freeze_image_encoder", [True, False])
