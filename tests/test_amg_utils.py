@@ -344,3 +344,11 @@ def test_connected_components_fall_back_to_opencv(monkeypatch):
 def test_remove_small_regions_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         amg_utils.remove_small_regions(np.ones((2, 2), bool), 1, "dots")
+
+
+def test_stability_score_of_an_empty_mask():
+    logits = np.full((2, 4, 4), -5.0, np.float32)
+    np.testing.assert_array_equal(amg_utils.stability_score(logits, 0, 1), 0)
+    np.testing.assert_array_equal(
+        amg_utils.stability_score(logits, 0, 1, empty=1.0), 1
+    )

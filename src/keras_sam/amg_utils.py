@@ -183,21 +183,22 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float):
 
 
 def stability_score(
-    logits: np.ndarray, threshold: float, offset: float
+    logits: np.ndarray, threshold: float, offset: float, empty: float = 0.0
 ) -> np.ndarray:
     """Stability of masks under a shift of the binarisation threshold.
 
     `count(logits > threshold + offset) / count(logits > threshold -
     offset)` over the last two axes, in float32 as the official generator
-    computes it. A mask with nothing above `threshold - offset` gets 0.0
-    (the official 0/0 is NaN, which fails every positive stability
-    threshold); `keras_sam.predictor.stability_score` instead gives such
-    a mask 1.0.
+    computes it. A mask with nothing above `threshold - offset` gets
+    `empty`: 0.0 by default (the official 0/0 is NaN, which fails every
+    positive stability threshold); SAM 2's single-mask fallback, in
+    `keras_sam.SAMPredictor`, counts such a mask as stable (1.0).
 
     Args:
         logits: `(..., H, W)` float32 mask logits.
         threshold: the mask threshold (0.0 for SAM).
         offset: the shift, in logits.
+        empty: the score of a mask with nothing above `threshold - offset`.
 
     Returns:
         `(...)` float32 scores in `[0, 1]`.
@@ -211,9 +212,9 @@ def stability_score(
     )
     high = np.asarray(high, np.float32)
     low = np.asarray(low, np.float32)
-    return np.where(low > 0, high / np.maximum(low, np.float32(1)), 0).astype(
-        np.float32
-    )
+    return np.where(
+        low > 0, high / np.maximum(low, np.float32(1)), np.float32(empty)
+    ).astype(np.float32)
 
 
 def masks_to_rle(

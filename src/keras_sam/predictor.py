@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_sam import transforms
+from keras_sam.amg_utils import stability_score
 
 MASK_THRESHOLD = 0.0
 
@@ -21,16 +22,6 @@ def _as_array(name: str, value, dtype, shape_doc: str) -> np.ndarray:
             "infinity"
         )
     return array
-
-
-def stability_score(
-    logits: np.ndarray, threshold: float, offset: float
-) -> np.ndarray:
-    """Area above `threshold + offset` over area above `threshold - offset`
-    (the IoU of the two binarisations), per mask over the last two axes."""
-    high = np.sum(logits > threshold + offset, axis=(-2, -1), dtype=np.int64)
-    low = np.sum(logits > threshold - offset, axis=(-2, -1), dtype=np.int64)
-    return np.where(low > 0, high / np.maximum(low, 1), 1.0)
 
 
 class SAMPredictor:
@@ -214,7 +205,7 @@ class SAMPredictor:
             if coords.ndim != len(batch_shape) + 2 or coords.shape[-1] != 2:
                 raise ValueError(
                     "`point_coords` must have shape "
-                    f"{batch_shape_doc(batch_shape, '(N, 2)')}. Received: "
+                    f"{_batch_shape_doc(batch_shape, '(N, 2)')}. Received: "
                     f"point_coords.shape={coords.shape}"
                 )
             if labels.shape != coords.shape[:-1]:
@@ -241,7 +232,7 @@ class SAMPredictor:
             if box.ndim != len(batch_shape) + 1 or box.shape[-1] != 4:
                 raise ValueError(
                     "`box` must have shape "
-                    f"{batch_shape_doc(batch_shape, '(4,)')} as x1, y1, x2, "
+                    f"{_batch_shape_doc(batch_shape, '(4,)')} as x1, y1, x2, "
                     f"y2. Received: box.shape={box.shape}"
                 )
             if np.any(box[..., 2] < box[..., 0]) or np.any(
@@ -309,7 +300,7 @@ class SAMPredictor:
         single, single_score = logits[:, :1], scores[:, :1]
         if self.use_stability_fallback and logits.shape[1] > 1:
             stable = stability_score(
-                single[:, 0], MASK_THRESHOLD, self.stability_delta
+                single[:, 0], MASK_THRESHOLD, self.stability_delta, empty=1.0
             )
             best = 1 + np.argmax(scores[:, 1:], axis=1)
             rows = np.arange(logits.shape[0])
@@ -408,5 +399,5 @@ class SAMPredictor:
         return self._finish(logits, scores, return_logits)
 
 
-def batch_shape_doc(batch_shape: tuple, shape: str) -> str:
+def _batch_shape_doc(batch_shape: tuple, shape: str) -> str:
     return f"({', '.join(batch_shape)}, {shape[1:]}" if batch_shape else shape
