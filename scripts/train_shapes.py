@@ -111,19 +111,24 @@ class _RecipeSAM(SAM):
     `SAMLoss` takes the minimum over all four, which leaves output 0 (the
     one `multimask_output=False` returns) nearly untrained."""
 
+    supervise_all_iou = False
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         from keras import ops
 
+        # (B, [K,] T, H, W) masks, (B, [K,] T) IoUs; T on axis -3 / -1.
         masks, iou_pred = y_pred["masks"], y_pred["iou_pred"]
         single = SAMLoss(multimask_min=False, reduction=None)(
-            y, {"masks": masks[:, :1], "iou_pred": iou_pred[:, :1]}
-        )  # (B,)
-        multi = SAMLoss(reduction=None)(
-            y, {"masks": masks[:, 1:], "iou_pred": iou_pred[:, 1:]}
-        )  # (B,)
-        is_box = ops.cast(ops.equal(x["labels"][:, 0], 2), single.dtype)
+            y, {"masks": masks[..., :1, :, :], "iou_pred": iou_pred[..., :1]}
+        )  # (B, [K])
+        multi = SAMLoss(
+            supervise_all_iou=self.supervise_all_iou, reduction=None
+        )(
+            y, {"masks": masks[..., 1:, :, :], "iou_pred": iou_pred[..., 1:]}
+        )  # (B, [K])
+        is_box = ops.cast(ops.equal(x["labels"][..., 0], 2), single.dtype)
         return ops.mean(is_box * single + (1.0 - is_box) * multi)
 
 
@@ -274,11 +279,25 @@ def parse_args(argv=None):
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
+        "--prompts-per-image",
+        type=int,
+        default=1,
+        help="prompts decoded per training image (the encoder runs once for "
+        "all of them); 1: one (image, prompt) pair per example",
+    )
+    parser.add_argument(
         "--loss",
         choices=("recipe", "min4"),
         default="recipe",
         help="recipe: boxes train output 0, points the best of outputs "
         "1-3 (official SAM); min4: SAMLoss's minimum over all four",
+    )
+    parser.add_argument(
+        "--supervise-all-iou",
+        action="store_true",
+        help="recipe loss: train the IoU head on all three multimask "
+        "outputs of a point, not only the chosen one (SAM 2's option; "
+        "the evaluation ranks the three by predicted IoU)",
     )
     parser.add_argument(
         "--export-dtype",
@@ -348,6 +367,7 @@ def main(argv=None) -> int:
         num_layers=args.num_layers,
     )
     model = build_model(config, _RecipeSAM if args.loss == "recipe" else SAM)
+    model.supervise_all_iou = args.supervise_all_iou
     warmup = min(args.warmup_steps, args.steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
@@ -376,6 +396,9 @@ def main(argv=None) -> int:
         prompt="mixed",
         input_size=IMAGE_SIZE,
         mask_size=4 * grid,
+        prompts_per_image=(
+            None if args.prompts_per_image == 1 else args.prompts_per_image
+        ),
     )
     params = sum(int(np.prod(v.shape)) for v in model.weights)
     print(
@@ -414,6 +437,7 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "resumed_from_step": start,
         "batch_size": args.batch_size,
+        "prompts_per_image": args.prompts_per_image,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "warmup_steps": warmup,
@@ -428,6 +452,7 @@ def main(argv=None) -> int:
         "weights_format": FORMAT,
         "weights_dtype": args.export_dtype,
         "loss": args.loss,
+        "supervise_all_iou": args.supervise_all_iou,
         "config": config,
     }
     (output / "sam_shapes.json").write_text(json.dumps(record, indent=2))

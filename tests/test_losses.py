@@ -311,3 +311,42 @@ def test_fit_lowers_the_loss(freeze_image_encoder):
         for a, b in zip(encoder_before, encoder_after, strict=True)
     ]
     assert all(unchanged) == freeze_image_encoder
+
+
+def test_sam_loss_with_several_prompts_per_image():
+    rng = np.random.default_rng(3)
+    y_true = (rng.random((2, 3, 8, 8)) > 0.5).astype("float32")
+    masks = rng.normal(size=(2, 3, 4, 8, 8)).astype("float32")
+    iou_pred = rng.random((2, 3, 4)).astype("float32")
+    loss = losses.SAMLoss(reduction=None)
+    per_prompt = keras.ops.convert_to_numpy(
+        loss(y_true, {"masks": masks, "iou_pred": iou_pred})
+    )
+    flat = keras.ops.convert_to_numpy(
+        loss(
+            y_true.reshape(6, 8, 8),
+            {
+                "masks": masks.reshape(6, 4, 8, 8),
+                "iou_pred": iou_pred.reshape(6, 4),
+            },
+        )
+    )
+    assert per_prompt.shape == (2, 3)
+    np.testing.assert_allclose(per_prompt.reshape(6), flat, rtol=1e-6)
+    with pytest.raises(ValueError, match="K prompts per image"):
+        loss(y_true[:, :2], {"masks": masks, "iou_pred": iou_pred})
+
+
+def test_fit_with_several_prompts_per_image():
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.SAMLoss())
+    data = ShapesDataset(
+        4, 4, seed=0, image_size=(64, 64), input_size=64, prompts_per_image=4
+    )
+    x, y = data[0]
+    before = model.evaluate(x, y, batch_size=4, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=20, verbose=0)
+    after = model.evaluate(x, y, batch_size=4, verbose=0)
+    print(f"{keras.backend.backend()}: loss {before:.4f} -> {after:.4f}")
+    assert after < 0.7 * before, (before, after)

@@ -206,10 +206,13 @@ class SAMLoss(keras.losses.Loss):
             at the decoder's low-res size `(4He, 4We)`.
         y_pred: dict with `"masks"`: `(B, T, H, W)` logits and
             `"iou_pred"`: `(B, T)` predicted IoUs (the decoder's output).
+        With `K` prompts per image (`keras_sam.SAM`'s call), `y_true`
+        `(B, K, H, W)`, masks `(B, K, T, H, W)`, IoUs `(B, K, T)`; each
+        prompt is one example.
 
     Returns:
-        float32 scalar (reduced), or `(B,)` per-example losses with
-        `reduction=None`.
+        float32 scalar (reduced), or `(B,)` (`(B, K)`) per-example losses
+        with `reduction=None`.
 
     Raises:
         ValueError: negative weights; `y_pred` not such a dict; `y_true`
@@ -302,6 +305,8 @@ class SAMLoss(keras.losses.Loss):
         return y_true, masks, iou_pred
 
     def call(self, y_true, y_pred):
+        if isinstance(y_pred, dict) and len(tuple(y_pred["masks"].shape)) == 5:
+            return self._call_per_image(y_true, y_pred)
         y_true, masks, iou_pred = self._unpack(y_true, y_pred)
         focal = sigmoid_focal_loss(
             y_true, masks, self.focal_alpha, self.focal_gamma
@@ -323,6 +328,27 @@ class SAMLoss(keras.losses.Loss):
         else:
             iou_term = ops.take_along_axis(iou_error, best, axis=1)[:, 0]
         return chosen + self.iou_weight * iou_term
+
+    def _call_per_image(self, y_true, y_pred):
+        """`K` prompts per image: `(B, K, T, H, W)` masks, `(B, K, T)`
+        IoUs, `(B, K, H, W)` truth -> `(B, K)` losses."""
+        masks, iou_pred = y_pred["masks"], y_pred["iou_pred"]
+        _, per_image, count, h, w = tuple(masks.shape)
+        true_shape = tuple(y_true.shape)
+        if len(true_shape) not in (4, 5) or true_shape[1] != per_image:
+            raise ValueError(
+                "With K prompts per image (masks (B, K, T, H, W)), `y_true` "
+                "must be (B, K, H, W) or (B, K, 1, H, W). Received: "
+                f"y_true.shape={true_shape}, masks.shape={tuple(masks.shape)}"
+            )
+        losses = self.call(
+            ops.reshape(y_true, (-1, *true_shape[-2:])),
+            {
+                "masks": ops.reshape(masks, (-1, count, h, w)),
+                "iou_pred": ops.reshape(iou_pred, (-1, count)),
+            },
+        )
+        return ops.reshape(losses, (-1, per_image))
 
     def get_config(self):
         config = super().get_config()

@@ -210,3 +210,47 @@ def test_dataset_rejects_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ShapesDataset(**args)
+
+
+# -- several prompts per image -----------------------------------------------
+
+
+def test_prompts_per_image_shapes_and_targets():
+    data = ShapesDataset(6, 3, seed=9, prompts_per_image=5, **SMALL)
+    x, y = data[1]
+    assert x["images"].shape == (3, 64, 64, 3)
+    assert x["points"].shape == (3, 5, 2, 2)
+    assert x["labels"].shape == (3, 5, 2) and y.shape == (3, 5, 16, 16)
+    assert np.all(y.sum(axis=(2, 3)) > 0)
+    for j in range(6):
+        e = data.multi_prompt_example(j)
+        np.testing.assert_array_equal(
+            e["images"], data[j // 3][0]["images"][j % 3]
+        )
+        masks = {m.tobytes() for m in e["masks"]}
+        # Every usable object is prompted before any is prompted twice.
+        first = {m.tobytes() for m in e["masks"][: len(masks)]}
+        assert first == masks
+        for k in range(5):
+            mask, kind = e["masks"][k], e["prompts"][k]
+            if kind == "point":
+                (px, py), _ = e["coords"][k]
+                assert mask[int(py), int(px)]
+                assert e["labels"][k].tolist() == [1, -1]
+            else:
+                assert e["labels"][k].tolist() == [2, 3]
+            # Each target is its own object's low-res mask.
+            area = e["y"][k].sum() * (64 / 16) ** 2
+            scale = RESIZED[1] / 96
+            assert 0.5 <= area / (mask.sum() * scale**2) <= 2.0
+
+
+def test_prompts_per_image_is_deterministic_and_validated():
+    a = ShapesDataset(4, 2, seed=1, prompts_per_image=3, **SMALL)[1]
+    b = ShapesDataset(4, 4, seed=1, prompts_per_image=3, **SMALL)[0]
+    for key in a[0]:
+        np.testing.assert_array_equal(a[0][key], b[0][key][2:])
+    np.testing.assert_array_equal(a[1], b[1][2:])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="prompts_per_image"):
+            ShapesDataset(4, 2, seed=0, prompts_per_image=bad, **SMALL)

@@ -211,3 +211,40 @@ def test_bundled_shapes_model_beats_random_weights():
     baseline = evaluate_shapes(untrained, num_images=4)
     assert ours["point_miou"] > baseline["point_miou"] + 0.1
     assert ours["box_miou"] > baseline["box_miou"] + 0.1
+
+
+def test_several_prompts_per_image_match_one_by_one():
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    size = ENCODER["image_shape"][0]
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, size, size, 3)).astype("float32")
+    points = rng.uniform(0, size, (2, 3, 2, 2)).astype("float32")
+    labels = np.array([[[1, -1], [2, 3], [1, 0]]] * 2, "int32")
+    out = model({"images": images, "points": points, "labels": labels})
+    masks = keras.ops.convert_to_numpy(out["masks"])
+    iou = keras.ops.convert_to_numpy(out["iou_pred"])
+    assert masks.shape[:3] == (2, 3, 4) and iou.shape == (2, 3, 4)
+    for b in range(2):
+        for k in range(3):
+            one = model(
+                {
+                    "images": images[b : b + 1],
+                    "points": points[b : b + 1, k],
+                    "labels": labels[b : b + 1, k],
+                }
+            )
+            np.testing.assert_allclose(
+                masks[b, k],
+                keras.ops.convert_to_numpy(one["masks"])[0],
+                rtol=1e-5,
+                atol=1e-5,
+            )
+            np.testing.assert_allclose(
+                iou[b, k],
+                keras.ops.convert_to_numpy(one["iou_pred"])[0],
+                rtol=1e-5,
+                atol=1e-5,
+            )
+    with pytest.raises(ValueError, match="one prompt per image"):
+        model({"images": images, "points": points, "labels": labels[:, 0]})

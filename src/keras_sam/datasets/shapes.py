@@ -265,6 +265,13 @@ class ShapesDataset(keras.utils.PyDataset):
     Example `j` depends only on `(seed, j)`, not on the batch size or the
     order of access.
 
+    With `prompts_per_image=K`, each example carries `K` prompts on its one
+    image (the encoder then runs once for `K` supervised masks, see
+    `keras_sam.SAM`'s call): prompt `k` targets object `order[k % n]` of a
+    random order of the `n` usable objects, so every object is prompted
+    before any is prompted twice, and draws its own kind (for `"mixed"`),
+    point or box.
+
     Args:
         num_examples: Number of examples (the last batch may be smaller).
         batch_size: Examples per batch.
@@ -282,6 +289,8 @@ class ShapesDataset(keras.utils.PyDataset):
             side.
         max_box_noise: Cap of the box jitter, in pixels of a 1024 input
             (scaled by `input_size / 1024`).
+        prompts_per_image: None (one prompt per example) or an int `K >= 1`
+            (`K` prompts per example, each with its own target mask).
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset`.
 
@@ -300,6 +309,9 @@ class ShapesDataset(keras.utils.PyDataset):
         - `y`: float32 `(B, M, M)`, `M = mask_size`, ground truth in {0, 1}
           at the decoder's low-res size: the visible mask resized like the
           image, padded, `S/M x S/M` block-averaged and thresholded at 0.5.
+
+        With `prompts_per_image=K`, `x["points"]` is `(B, K, 2, 2)`,
+        `x["labels"]` `(B, K, 2)` and `y` `(B, K, M, M)`.
 
     Raises:
         ValueError: bad argument values.
@@ -324,6 +336,7 @@ class ShapesDataset(keras.utils.PyDataset):
         num_objects: tuple[int, int] = (2, 5),
         box_noise: float = 0.1,
         max_box_noise: float = 20.0,
+        prompts_per_image: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -364,6 +377,18 @@ class ShapesDataset(keras.utils.PyDataset):
                     f"`{name}` must be a non-negative number. Received: "
                     f"{name}={value}"
                 )
+        if prompts_per_image is not None and (
+            isinstance(prompts_per_image, bool)
+            or int(prompts_per_image) != prompts_per_image
+            or prompts_per_image < 1
+        ):
+            raise ValueError(
+                "`prompts_per_image` must be None or an int >= 1. Received: "
+                f"prompts_per_image={prompts_per_image}"
+            )
+        self.prompts_per_image = (
+            None if prompts_per_image is None else int(prompts_per_image)
+        )
         self.num_examples = int(num_examples)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -390,7 +415,12 @@ class ShapesDataset(keras.utils.PyDataset):
             )
         start = index * self.batch_size
         stop = min(start + self.batch_size, self.num_examples)
-        examples = [self.example(j) for j in range(start, stop)]
+        if self.prompts_per_image is None:
+            examples = [self.example(j) for j in range(start, stop)]
+        else:
+            examples = [
+                self.multi_prompt_example(j) for j in range(start, stop)
+            ]
         x = {
             "images": np.stack([e["images"] for e in examples]),
             "points": np.stack([e["points"] for e in examples]),
@@ -439,6 +469,79 @@ class ShapesDataset(keras.utils.PyDataset):
                 f"mask_size={self.mask_size}"
             )
 
+        kind, coords, points, labels = self._prompt(rng, mask)
+        return {
+            "image": image,
+            "mask": mask,
+            "prompt": kind,
+            "coords": coords,
+            "images": self._model_image(image),
+            "points": points,
+            "labels": labels,
+            "y": y,
+        }
+
+    def multi_prompt_example(self, index: int) -> dict:
+        """Example `index` with `K = prompts_per_image` prompts.
+
+        Returns:
+            A dict with `"image"` uint8 `(H, W, 3)`, `"masks"` bool
+            `(K, H, W)`, `"prompts"` (K kinds), `"coords"` float32
+            `(K, 2, 2)` in the scene's frame, and the model-frame
+            `"images"` `(S, S, 3)`, `"points"` `(K, 2, 2)`, `"labels"`
+            `(K, 2)`, `"y"` `(K, M, M)`.
+        """
+        if not 0 <= index < self.num_examples:
+            raise IndexError(
+                f"Example index out of range. Received: index={index}, "
+                f"num_examples={self.num_examples}"
+            )
+        count = self.prompts_per_image or 1
+        factor = self.input_size // self.mask_size
+        for attempt in range(_MAX_ATTEMPTS):
+            key = (self.seed, index, attempt)
+            image, masks = make_scene(
+                (*key, 1), self.image_size, self.num_objects
+            )
+            rng = np.random.default_rng((*key, 3))
+            usable = []
+            for k in rng.permutation(len(masks)):
+                y = _model_frame_mask(
+                    masks[k], self.resized_size, self.input_size, factor
+                )
+                if y.any():
+                    usable.append((masks[k], y))
+            if usable:
+                break
+        else:  # pragma: no cover - needs 32 scenes without a usable object
+            raise RuntimeError(
+                f"No usable object in {_MAX_ATTEMPTS} scenes for example "
+                f"{index}; image_size={self.image_size} is too small for "
+                f"mask_size={self.mask_size}"
+            )
+        rows = []
+        for i in range(count):
+            mask, y = usable[i % len(usable)]
+            rows.append((mask, y, *self._prompt(rng, mask)))
+        return {
+            "image": image,
+            "masks": np.stack([r[0] for r in rows]),
+            "prompts": [r[2] for r in rows],
+            "coords": np.stack([r[3] for r in rows]),
+            "images": self._model_image(image),
+            "points": np.stack([r[4] for r in rows]),
+            "labels": np.stack([r[5] for r in rows]),
+            "y": np.stack([r[1] for r in rows]),
+        }
+
+    def _model_image(self, image: np.ndarray) -> np.ndarray:
+        return transforms.normalize_and_pad(
+            transforms.resize_image(image, self.resized_size),
+            self.input_size,
+        )
+
+    def _prompt(self, rng, mask: np.ndarray):
+        """`(kind, coords, points, labels)` of one prompt for `mask`."""
         kind = self.prompt
         if kind == "mixed":
             kind = "point" if rng.random() < 0.5 else "box"
@@ -450,20 +553,12 @@ class ShapesDataset(keras.utils.PyDataset):
         points = transforms.apply_coords(
             coords, self.image_size, self.resized_size
         )
-        images = transforms.normalize_and_pad(
-            transforms.resize_image(image, self.resized_size),
-            self.input_size,
+        return (
+            kind,
+            coords,
+            points.astype(np.float32),
+            np.asarray(labels, np.int32),
         )
-        return {
-            "image": image,
-            "mask": mask,
-            "prompt": kind,
-            "coords": coords,
-            "images": images,
-            "points": points.astype(np.float32),
-            "labels": np.asarray(labels, np.int32),
-            "y": y,
-        }
 
     @staticmethod
     def _point(rng, mask: np.ndarray) -> np.ndarray:

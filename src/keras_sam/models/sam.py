@@ -3,6 +3,7 @@
 import os
 
 import keras
+from keras import ops
 
 from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
@@ -16,6 +17,38 @@ def _constructor_args(layer) -> dict:
     """A layer's own constructor arguments (no name/dtype/trainable)."""
     base = keras.layers.Layer().get_config()
     return {k: v for k, v in layer.get_config().items() if k not in base}
+
+
+# Rank of each prompt tensor with one prompt per image; one more means `K`
+# prompts per image (SAM.call).
+_PROMPT_RANKS = {"points": 3, "labels": 2, "boxes": 4, "masks": 5}
+
+
+def _prompts_per_image(prompts: dict) -> int | None:
+    """None (one prompt per image) or `K` of `(B, K, ...)` prompt tensors."""
+    extra = {
+        name: len(value.shape) - _PROMPT_RANKS[name]
+        for name, value in prompts.items()
+        if name in _PROMPT_RANKS
+    }
+    if not extra or set(extra.values()) == {0}:
+        return None
+    if set(extra.values()) != {1}:
+        raise ValueError(
+            "Prompts must all have one prompt per image (points (B, N, 2), "
+            "labels (B, N), boxes (B, M, 2, 2), masks (B, 1, h, w, 1)) or "
+            "all K per image (an extra axis K after the batch axis). "
+            "Received shapes: "
+            + ", ".join(f"{k}={tuple(v.shape)}" for k, v in prompts.items())
+        )
+    counts = {tuple(v.shape)[1] for v in prompts.values()}
+    if len(counts) != 1 or None in counts:
+        raise ValueError(
+            "All prompt tensors must have the same known number of prompts "
+            "per image (axis 1). Received shapes: "
+            + ", ".join(f"{k}={tuple(v.shape)}" for k, v in prompts.items())
+        )
+    return int(counts.pop())
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -37,9 +70,16 @@ class SAM(keras.Model):
             `"points"`, `"labels"`, `"boxes"`, `"masks"` as in
             `SAMPromptEncoder`.
 
+        Several prompts per image (training: the image encoder then runs
+        once for `K` supervised masks): give every prompt tensor an extra
+        axis `K` after the batch axis, i.e. `"points"` `(B, K, N, 2)`,
+        `"labels"` `(B, K, N)`, `"boxes"` `(B, K, M, 2, 2)`, `"masks"`
+        `(B, K, 1, 4He, 4We, 1)`; prompt `(b, k)` is decoded on image `b`.
+
     Returns:
         dict with `"masks"` `(B, 1 + n, 4He, 4We)` logits and `"iou_pred"`
-        `(B, 1 + n)`.
+        `(B, 1 + n)`; with `K` prompts per image `(B, K, 1 + n, 4He, 4We)`
+        and `(B, K, 1 + n)`.
 
     Example:
     >>> model = keras_sam.SAM.from_preset("sam_vit_b")  # doctest: +SKIP
@@ -132,8 +172,22 @@ class SAM(keras.Model):
 
     def call(self, inputs):
         embeddings = self.encode_image(inputs["images"])
-        prompts = {k: v for k, v in inputs.items() if k != "images"}
-        return self.decode(embeddings, **prompts)
+        prompts = {
+            k: v for k, v in inputs.items() if k != "images" and v is not None
+        }
+        per_image = _prompts_per_image(prompts)
+        if per_image is None:
+            return self.decode(embeddings, **prompts)
+        # (B, K, ...) prompts -> (B * K, ...); image b serves rows b*K..
+        flat = {
+            k: ops.reshape(v, (-1, *v.shape[2:])) for k, v in prompts.items()
+        }
+        embeddings = ops.repeat(embeddings, per_image, axis=0)
+        outputs = self.decode(embeddings, **flat)
+        return {
+            k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
+            for k, v in outputs.items()
+        }
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
