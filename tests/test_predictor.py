@@ -236,3 +236,35 @@ def test_bad_images(pair, image, match):
 def test_bad_prompts(pair, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pair[0].predict(**kwargs)
+
+
+def test_prompt_batches_are_chunked_and_padded_to_powers_of_two(pair):
+    ours, _, image = pair
+    rng = np.random.default_rng(2)
+    points = rng.uniform(0, 479, (11, 1, 2))
+    labels = np.ones((11, 1), np.int32)
+    _, scores, low = ours.predict_batch(points, labels)
+
+    seen = []
+    chunked = SAMPredictor(ours.model, decode_chunk_size=4)
+    chunked.set_image_embedding(ours.get_image_embedding(), image.shape[:2])
+    decode = ours.model.compiled_method("decode")
+    cache = ours.model.__dict__["_compiled_methods"]
+
+    def spy(features, **prompts):
+        seen.append(prompts["points"].shape[0])
+        return decode(features, **prompts)
+
+    cache["decode"] = spy
+    try:
+        _, chunk_scores, chunk_low = chunked.predict_batch(points, labels)
+        chunked.predict_batch(points[:3], labels[:3])
+    finally:
+        cache["decode"] = decode
+    # 11 prompts in chunks of 4: 4, 4, then 3 padded to 4; 3 -> 4.
+    assert seen == [4, 4, 4, 4]
+    assert chunk_low.shape == low.shape and chunk_scores.shape == (11, 3)
+    helpers.assert_close(chunk_low, low, helpers.SAME_BACKEND_RTOL)
+    helpers.assert_close(chunk_scores, scores, helpers.SAME_BACKEND_RTOL)
+    with pytest.raises(ValueError, match="decode_chunk_size"):
+        SAMPredictor(ours.model, decode_chunk_size=0)

@@ -44,6 +44,11 @@ class SAMPredictor:
             SAM 2 does. Off by default (official SAM behaviour).
         stability_delta: logit offset of that stability score.
         stability_thresh: minimum stability of the single-mask output.
+        decode_chunk_size: most prompts decoded in one call. Batches are
+            split into chunks of this size and each chunk is padded to a
+            power of two, so that the compiled decoder is traced for a few
+            shapes only (not once per prompt count) and memory stays
+            bounded.
 
     Example:
     >>> predictor = keras_sam.SAMPredictor(model)  # doctest: +SKIP
@@ -59,10 +64,17 @@ class SAMPredictor:
         use_stability_fallback: bool = False,
         stability_delta: float = 0.05,
         stability_thresh: float = 0.98,
+        decode_chunk_size: int = 64,
     ):
         self.model = model
         if not model.built:
             model.build()
+        self.decode_chunk_size = int(decode_chunk_size)
+        if self.decode_chunk_size < 1:
+            raise ValueError(
+                "`decode_chunk_size` must be an int >= 1. Received: "
+                f"decode_chunk_size={decode_chunk_size}"
+            )
         self.use_stability_fallback = bool(use_stability_fallback)
         self.stability_delta = float(stability_delta)
         self.stability_thresh = float(stability_thresh)
@@ -291,10 +303,47 @@ class SAMPredictor:
             )
         return prompts
 
+    def _run_decoder(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """All `(B, T, h, w)` low-res logits and `(B, T)` scores.
+
+        Prompt batches go through the compiled decoder in chunks of at most
+        `decode_chunk_size`, each padded (by repeating its last prompt) to a
+        power of two: compiled functions are traced per input shape, so any
+        batch size reuses one of a few traces, and large batches keep a
+        bounded working set. The padding rows are dropped.
+        """
+        decode = self.model.compiled_method("decode")
+        if not prompts:
+            out = decode(self.features)
+            return (
+                keras.ops.convert_to_numpy(out["masks"]),
+                keras.ops.convert_to_numpy(out["iou_pred"]),
+            )
+        batch = next(iter(prompts.values())).shape[0]
+        chunk_size = max(1, int(self.decode_chunk_size))
+        logits, scores = [], []
+        for start in range(0, batch, chunk_size):
+            chunk = {
+                k: v[start : start + chunk_size] for k, v in prompts.items()
+            }
+            rows = next(iter(chunk.values())).shape[0]
+            padded = min(1 << (rows - 1).bit_length(), chunk_size)
+            if padded > rows:
+                chunk = {
+                    k: np.concatenate(
+                        [v, np.repeat(v[-1:], padded - rows, axis=0)]
+                    )
+                    for k, v in chunk.items()
+                }
+            out = decode(self.features, **chunk)
+            logits.append(keras.ops.convert_to_numpy(out["masks"])[:rows])
+            scores.append(keras.ops.convert_to_numpy(out["iou_pred"])[:rows])
+        if len(logits) == 1:
+            return logits[0], scores[0]
+        return np.concatenate(logits), np.concatenate(scores)
+
     def _decode(self, prompts, multimask_output: bool):
-        out = self.model.compiled_method("decode")(self.features, **prompts)
-        logits = keras.ops.convert_to_numpy(out["masks"])  # (B, T, h, w)
-        scores = keras.ops.convert_to_numpy(out["iou_pred"])  # (B, T)
+        logits, scores = self._run_decoder(prompts)  # (B, T, h, w), (B, T)
         if multimask_output:
             return logits[:, 1:], scores[:, 1:]
         single, single_score = logits[:, :1], scores[:, :1]

@@ -57,3 +57,25 @@ def test_rejects_heads_not_dividing_width():
         MultiHeadAttentionWithDownsampling(
             hidden_size=32, num_heads=3, downsample_rate=2
         )
+
+
+@pytest.mark.parametrize("shared", ["keys", "query"])
+def test_batch_one_side_equals_a_repeat(shared):
+    """Keys of batch 1 (folded queries) or a query of batch 1 (broadcast)
+    give what repeating that side to the other batch gives."""
+    attn = MultiHeadAttentionWithDownsampling(
+        hidden_size=16, num_heads=2, downsample_rate=2
+    )
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(3, 5, 16)).astype("float32")
+    kv = rng.normal(size=(3, 7, 16)).astype("float32")
+    if shared == "keys":
+        kv = kv[:1]
+        out = attn(q, kv, kv)
+        full = attn(q, np.repeat(kv, 3, 0), np.repeat(kv, 3, 0))
+    else:
+        q = q[:1]
+        out = attn(q, kv, kv)
+        full = attn(np.repeat(q, 3, 0), kv, kv)
+    assert tuple(out.shape) == (3, q.shape[1], 16)
+    helpers.assert_close(out, helpers.to_numpy(full), helpers.SAME_BACKEND_RTOL)

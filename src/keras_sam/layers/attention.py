@@ -26,11 +26,16 @@ class MultiHeadAttentionWithDownsampling(keras.layers.Layer):
 
     Call arguments:
         query: `(B, Nq, C)`.
-        key: `(B, Nk, C)`.
-        value: `(B, Nk, C)`.
+        key: `(B, Nk, C)` or `(1, Nk, C)`.
+        value: `(B, Nk, C)` or `(1, Nk, C)`; batch 1 or B, as `key`.
+
+    Shared keys (batch 1, statically known) are projected once and all
+    `B * Nq` queries attend to them in one product (each query's softmax is
+    its own, so this equals attending batch by batch); a query of batch 1
+    against keys of batch B is projected once and broadcast.
 
     Returns:
-        `(B, Nq, C)`.
+        `(B, Nq, C)` (`B` the larger batch).
 
     Example:
     >>> attn = MultiHeadAttentionWithDownsampling(
@@ -87,6 +92,19 @@ class MultiHeadAttentionWithDownsampling(keras.layers.Layer):
         return ops.transpose(x, (0, 2, 1, 3))  # (B, heads, N, d_head)
 
     def call(self, query, key, value):
+        query_batch, num_queries = tuple(query.shape)[:2]
+        fold = key.shape[0] == 1 and value.shape[0] == 1 and query_batch != 1
+        if fold:
+            # Shared keys: the B*Nq queries attend as one batch-1 sequence.
+            if num_queries is None:
+                num_queries = ops.shape(query)[1]
+            query = ops.reshape(query, (1, -1, query.shape[-1]))
+        out = self._attend(query, key, value)
+        if fold:
+            out = ops.reshape(out, (-1, num_queries, self.hidden_size))
+        return out
+
+    def _attend(self, query, key, value):
         q = self._separate_heads(self.query_proj(query))
         k = self._separate_heads(self.key_proj(key))
         v = self._separate_heads(self.value_proj(value))

@@ -273,19 +273,23 @@ class SAMMaskDecoder(keras.layers.Layer):
         )
         tokens = ops.concatenate([output_tokens, sparse], axis=1)  # (B, Nt, C)
 
-        # Dense prompts are added to the image embedding; a batch-1 image is
-        # broadcast to the prompt batch.
+        # Dense prompts are added to the image embedding. Batch-1 inputs stay
+        # batch 1: the transformer's first block then projects the image side
+        # once for all prompts (see MultiHeadAttentionWithDownsampling).
         source = ops.cast(image_embeddings, dtype) + ops.cast(
             prompt_dense_embeddings, dtype
-        )
+        )  # (1 or B, He, We, C)
+        pos = ops.cast(prompt_dense_positional_embeddings, dtype)
+        if source.shape[0] != pos.shape[0]:
+            pos = ops.broadcast_to(pos, ops.shape(source))
         image_shape = ops.shape(image_embeddings)
         shape = (batch, image_shape[1], image_shape[2], c)
-        source = ops.broadcast_to(source, shape)  # (B, He, We, C)
-        pos = ops.broadcast_to(
-            ops.cast(prompt_dense_positional_embeddings, dtype), shape
-        )
 
         hidden, source = self.transformer(source, pos, tokens)
+        # (B, He*We, C); still batch 1 only without transformer layers.
+        source = ops.broadcast_to(
+            source, (batch, image_shape[1] * image_shape[2], c)
+        )
         iou_token_out = hidden[:, 0, :]  # (B, C)
         mask_tokens_out = hidden[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -155,6 +155,12 @@ class SAM(keras.Model):
         prompts = self.prompt_encoder(
             points=points, labels=labels, boxes=boxes, masks=masks
         )
+        if masks is None and image_embeddings.shape[0] == 1:
+            # Without mask prompts every row of the dense embedding is the
+            # same "no mask" vector: keep one, so that the decoder projects
+            # the image side once for all prompts instead of once each.
+            dense = prompts["prompt_dense_embeddings"]
+            prompts["prompt_dense_embeddings"] = dense[:1]
         return self.mask_decoder(image_embeddings=image_embeddings, **prompts)
 
     def compiled_method(self, method: str):
