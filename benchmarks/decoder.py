@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     import keras_sam
     from keras_sam._backend_compile import compile_inference
+    from keras_sam.models.sam import decode_prompts
     from tests.reference import official
 
     device = "cuda" if args.device == "gpu" else "cpu"
@@ -55,7 +56,19 @@ def main(argv=None) -> int:
             prompts = self.encoder(points=points, labels=labels, boxes=boxes)
             return self.decoder(image_embeddings=image_embeddings, **prompts)
 
-    ours_layer = PromptToMask(encoder, decoder)
+    class OursPromptToMask(PromptToMask):
+        # What SAM.decode (hence SAMPredictor) runs.
+        def call(self, image_embeddings, points=None, labels=None, boxes=None):
+            return decode_prompts(
+                self.encoder,
+                self.decoder,
+                image_embeddings,
+                points=points,
+                labels=labels,
+                boxes=boxes,
+            )
+
+    ours_layer = OursPromptToMask(encoder, decoder)
     ours = compile_inference(ours_layer, ours_layer.call)
 
     rng = np.random.default_rng(0)

@@ -19,6 +19,36 @@ def _constructor_args(layer) -> dict:
     return {k: v for k, v in layer.get_config().items() if k not in base}
 
 
+def decode_prompts(
+    prompt_encoder,
+    mask_decoder,
+    image_embeddings,
+    points=None,
+    labels=None,
+    boxes=None,
+    masks=None,
+) -> dict:
+    """Prompt encoder then mask decoder, sharing the image side.
+
+    Without mask prompts every row of the dense prompt embedding is the same
+    "no mask" vector; for a batch-1 image only one row is passed on, so the
+    decoder projects the image side of its first block once for all `B`
+    prompts instead of once each (same result, see
+    `MultiHeadAttentionWithDownsampling`).
+
+    Returns:
+        The decoder's dict: `"masks"` `(B, 1 + n, 4He, 4We)`, `"iou_pred"`
+        `(B, 1 + n)`.
+    """
+    prompts = prompt_encoder(
+        points=points, labels=labels, boxes=boxes, masks=masks
+    )
+    if masks is None and image_embeddings.shape[0] == 1:
+        dense = prompts["prompt_dense_embeddings"]
+        prompts["prompt_dense_embeddings"] = dense[:1]
+    return mask_decoder(image_embeddings=image_embeddings, **prompts)
+
+
 # Rank of each prompt tensor with one prompt per image; one more means `K`
 # prompts per image (SAM.call).
 _PROMPT_RANKS = {"points": 3, "labels": 2, "boxes": 4, "masks": 5}
@@ -152,16 +182,15 @@ class SAM(keras.Model):
         masks=None,
     ) -> dict:
         """Prompts + image embeddings -> `{"masks", "iou_pred"}`."""
-        prompts = self.prompt_encoder(
-            points=points, labels=labels, boxes=boxes, masks=masks
+        return decode_prompts(
+            self.prompt_encoder,
+            self.mask_decoder,
+            image_embeddings,
+            points=points,
+            labels=labels,
+            boxes=boxes,
+            masks=masks,
         )
-        if masks is None and image_embeddings.shape[0] == 1:
-            # Without mask prompts every row of the dense embedding is the
-            # same "no mask" vector: keep one, so that the decoder projects
-            # the image side once for all prompts instead of once each.
-            dense = prompts["prompt_dense_embeddings"]
-            prompts["prompt_dense_embeddings"] = dense[:1]
-        return self.mask_decoder(image_embeddings=image_embeddings, **prompts)
 
     def compiled_method(self, method: str):
         """`encode_image` or `decode` as one compiled function (cached).
