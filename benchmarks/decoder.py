@@ -6,6 +6,11 @@ image. Every system gets the same weights (random, seeded, converted from the
 official modules) and the same inputs; outputs are checked against the
 official eager result before anything is timed.
 
+Besides the official PyTorch modules (eager and `torch.compile`), the
+references are Hugging Face transformers `SamModel` (compiled, SDPA) and the
+official ONNX export in onnxruntime (see `benchmarks/_references.py`); each is
+skipped, with a note, when its package is missing or its flag is given.
+
 Run from the repository root:
     python benchmarks/decoder.py --backend jax --threads 2
 """
@@ -16,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _common  # noqa: E402
+from benchmarks import _references  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,7 +29,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--no-torch-compile",
         action="store_true",
-        help="skip the official torch.compile reference",
+        help="skip torch.compile: no official torch.compile row, and the "
+        "HF reference runs eager",
+    )
+    p.add_argument(
+        "--no-hf",
+        action="store_true",
+        help="skip the Hugging Face transformers SamModel reference",
+    )
+    p.add_argument(
+        "--no-onnx",
+        action="store_true",
+        help="skip the official ONNX export (onnxruntime) reference",
     )
     args = p.parse_args(argv)
     _common.setup(args)
@@ -125,12 +142,61 @@ def main(argv=None) -> int:
             out[k] = t
         return out
 
+    def official_outputs(result):
+        return official.to_numpy(result[0]), official.to_numpy(result[1])
+
     official_eager = official_fn(ref_encoder, ref_decoder)
-    systems = {"official eager": official_eager}
-    if not args.no_torch_compile:
-        systems["official torch.compile"] = torch.compile(
-            official_fn(ref_encoder, ref_decoder)
+    references = [
+        _references.Reference(
+            "official eager", to_torch, official_eager, official_outputs
         )
+    ]
+    if not args.no_torch_compile:
+        references.append(
+            _references.Reference(
+                "official torch.compile",
+                to_torch,
+                torch.compile(official_fn(ref_encoder, ref_decoder)),
+                official_outputs,
+            )
+        )
+    emb_nchw = official.nhwc_to_nchw(embedding)
+    if args.no_hf:
+        pass
+    elif missing := _references.missing("transformers"):
+        print(f"note: {missing[0]} not installed; skipping HF", file=sys.stderr)
+    else:
+        references.append(
+            _references.hf_reference(
+                ref_encoder,
+                ref_decoder,
+                emb_nchw,
+                device,
+                compile=not args.no_torch_compile,
+                cases=list(cases.values()),
+            )
+        )
+    if args.no_onnx:
+        pass
+    elif missing := _references.missing("onnx", "onnxruntime"):
+        print(
+            f"note: {', '.join(missing)} not installed; skipping ONNX",
+            file=sys.stderr,
+        )
+    else:
+        try:
+            references.append(
+                _references.onnx_reference(
+                    ref_encoder,
+                    ref_decoder,
+                    emb_nchw,
+                    args.threads,
+                    args.device,
+                )
+            )
+        except RuntimeError as e:  # e.g. no CUDA provider for --device gpu
+            print(f"note: skipping ONNX: {e}", file=sys.stderr)
+    systems = {r.name: r for r in references}
 
     hub = None
     if keras.backend.backend() == "jax":
@@ -160,6 +226,24 @@ def main(argv=None) -> int:
         err = np.abs(masks - ref_masks).max() / np.abs(ref_masks).max()
         if err > 1e-4:
             raise SystemExit(f"{case}: ours differ from official by {err:.2e}")
+        for name, ref in systems.items():
+            if ref.run is official_eager:
+                continue
+            got_masks, got_iou = ref.outputs(ref.run(**ref.prepare(inputs)))
+            ref_iou = official.to_numpy(expected[1])
+            errs = [
+                np.abs(a - b).max() / np.abs(b).max()
+                for a, b in ((got_masks, ref_masks), (got_iou, ref_iou))
+            ]
+            print(
+                f"check {case}: {name}: masks {errs[0]:.1e}, iou {errs[1]:.1e}"
+                " (max abs error / max abs official)",
+                file=sys.stderr,
+            )
+            if max(errs) > 1e-4:
+                raise SystemExit(
+                    f"{case}: {name} differs from official by {max(errs):.2e}"
+                )
         timings = {
             "ours": _common.time_fn(
                 lambda i=inputs: ours(embedding, **i),
@@ -173,10 +257,12 @@ def main(argv=None) -> int:
                 args.num_warmup,
                 args.num_iters,
             )
-        for name, fn in systems.items():
-            t_inputs = to_torch(inputs)
+        for name, ref in systems.items():
+            r_inputs = ref.prepare(inputs)
             timings[name] = _common.time_fn(
-                lambda f=fn, i=t_inputs: f(**i), args.num_warmup, args.num_iters
+                lambda f=ref.run, i=r_inputs: f(**i),
+                args.num_warmup,
+                args.num_iters,
             )
         results[case] = timings
 

@@ -1,0 +1,157 @@
+"""Image encoder ViT-B at 1024x1024: ours vs the official `ImageEncoderViT`
+(eager and `torch.compile`), one image, fp32.
+
+Same random seeded weights on both sides (the official module's, converted
+by `keras_sam.load_official_weights`), same normalised input; the embeddings
+are compared before timing. Peak memory is the process's resident set
+growth during one forward pass of each system (measured in a fresh
+subprocess per system, so one system's allocations do not hide another's).
+
+Run from the repository root:
+    python benchmarks/image_encoder.py --backend jax --threads 2
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common  # noqa: E402
+
+SYSTEMS = ("ours", "official eager", "official torch.compile")
+
+
+def _vit_b() -> dict:
+    from keras_sam.models.presets import PRESETS
+
+    return dict(PRESETS["sam_vit_b"]["image_encoder"])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(args, system: str) -> dict:
+    """Time (and check) one system in this process."""
+    import numpy as np
+    import torch
+
+    from tests.reference import official
+
+    config = _vit_b()
+    ref = official.make_image_encoder(config, seed=0)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 1024, 1024, 3)).astype("float32")
+    image_t = torch.from_numpy(official.nhwc_to_nchw(image))
+    with torch.inference_mode():
+        expected = official.to_numpy(ref(image_t))  # (1, 64, 64, 256)
+    before = _peak_rss_mb()
+
+    if system == "ours":
+        import keras
+
+        import keras_sam
+        from keras_sam._backend_compile import compile_inference
+
+        encoder = keras_sam.SAMImageEncoder(**config)
+        keras_sam.load_official_weights(encoder, ref.state_dict())
+        del ref
+        fn = compile_inference(encoder, encoder.call)
+
+        def run():
+            return fn(image)
+
+        def to_numpy(out):
+            return keras.ops.convert_to_numpy(out)
+    else:
+        module = ref
+        if system == "official torch.compile":
+            module = torch.compile(ref)
+
+        def run():
+            with torch.inference_mode():
+                return module(image_t)
+
+        def to_numpy(out):
+            return official.to_numpy(out)
+
+    got = to_numpy(_common.sync(run()))
+    err = float(np.abs(got - expected).max() / np.abs(expected).max())
+    if err > 1e-4:
+        raise SystemExit(f"{system}: differs from official by {err:.2e}")
+    ms = _common.time_fn(run, args.num_warmup, args.num_iters)
+    return {"ms": ms, "error": err, "peak_mb": _peak_rss_mb() - before}
+
+
+def main(argv=None) -> int:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--system", choices=SYSTEMS, help=argparse_hidden())
+    p.add_argument(
+        "--no-torch-compile",
+        action="store_true",
+        help="skip the official torch.compile reference",
+    )
+    args = p.parse_args(argv)
+    if args.system:  # child process: one system, JSON on stdout
+        _common.setup(args)
+        print(json.dumps(_measure(args, args.system)))
+        return 0
+
+    _common.setup_env_only(args)
+    results = {}
+    for system in SYSTEMS:
+        if system == "official torch.compile" and args.no_torch_compile:
+            continue
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--system",
+            system,
+            "--threads",
+            str(args.threads),
+            "--num-warmup",
+            str(args.num_warmup),
+            "--num-iters",
+            str(args.num_iters),
+            "--device",
+            args.device,
+        ]
+        if args.backend:
+            command += ["--backend", args.backend]
+        print(f"running {system} ...", file=sys.stderr)
+        out = subprocess.run(
+            command, check=True, capture_output=True, text=True
+        )
+        results[system] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    ours = results["ours"]["ms"]
+    rows = [
+        (
+            name,
+            f"{r['ms'] / 1000:.2f} s",
+            f"{r['ms'] / ours:.2f}x",
+            f"{r['peak_mb']:.0f} MB",
+            f"{r['error']:.1e}",
+        )
+        for name, r in results.items()
+    ]
+    text = _common.table(
+        rows,
+        ("system", "median", "time / ours", "peak memory", "max rel. error"),
+    )
+    _common.report("Image encoder ViT-B, 1024x1024, one image", text, args)
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
