@@ -49,3 +49,22 @@ def test_apply_coords_scales_each_axis():
     coords = np.array([[10.0, 20.0], [0.0, 479.0]])
     out = transforms.apply_coords(coords, (480, 640), (768, 1024))
     np.testing.assert_allclose(out, coords * [1024 / 640, 768 / 480])
+
+
+def test_postprocess_threads_blocks_and_threshold_agree(monkeypatch):
+    """Row blocks on several threads give exactly the one-thread result, and
+    `threshold` gives exactly `logits > threshold`."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 64, 64)).astype("float32")
+    original = (1500, 2250)  # > 1M output pixels: the threaded path
+    input_size = transforms.preprocess_shape(original, 256)
+    args = (input_size, original, (256, 256))
+    threaded = transforms.postprocess_masks(logits, *args)
+    masks = transforms.postprocess_masks(logits, *args, threshold=0.0)
+    monkeypatch.setattr(transforms, "_num_threads", lambda: 1)
+    single = transforms.postprocess_masks(logits, *args)
+    np.testing.assert_array_equal(threaded, single)
+    assert masks.dtype == bool
+    np.testing.assert_array_equal(masks, single > 0.0)
+    expected = _official_postprocess(logits[None], *args[:2], (256, 256))[0]
+    helpers.assert_close(single, expected, 1e-5)

@@ -366,10 +366,12 @@ class SAMPredictor:
 
     def _finish(self, logits, scores, return_logits: bool):
         masks = transforms.postprocess_masks(
-            logits, self.input_size, self.original_size, self.image_size
+            logits,
+            self.input_size,
+            self.original_size,
+            self.image_size,
+            threshold=None if return_logits else MASK_THRESHOLD,
         )
-        if not return_logits:
-            masks = masks > MASK_THRESHOLD
         return masks, scores, logits
 
     # -- public prediction ---------------------------------------------------

@@ -112,30 +112,79 @@ def _apply_axis(x: np.ndarray, index, weight, axis: int) -> np.ndarray:
     return out
 
 
+# Output rows per block: each block's intermediate stays in cache, and the
+# blocks are shared out among threads (NumPy releases the GIL in take/mul/add).
+_ROWS_PER_BLOCK = 64
+
+
+@functools.cache
+def _thread_pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=_num_threads())
+
+
+def _num_threads() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def postprocess_masks(
     low_res_logits: np.ndarray,
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     padded_size: tuple[int, int],
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Low-resolution logits `(..., h, w)` to the original image size.
+
+    The output is computed in blocks of rows, on as many threads as this
+    process may use; every block does exactly the same arithmetic, so the
+    result does not depend on the thread count.
 
     Args:
         low_res_logits: `(..., h, w)` decoder logits (256x256 for SAM).
         input_size: `(h, w)` of the resized image inside the padded input.
         original_size: `(H, W)` of the image given to the predictor.
         padded_size: `(h, w)` of the padded model input (1024, 1024).
+        threshold: None to return the logits; a number to return the bool
+            masks `logits > threshold` (without the float32 intermediate).
 
     Returns:
-        `(..., H, W)` float32 logits.
+        `(..., H, W)` float32 logits, or bool masks with `threshold`.
     """
     h, w = low_res_logits.shape[-2:]
-    y_map = _postprocess_matrix(
+    y_index, y_weight = _postprocess_matrix(
         h, padded_size[0], input_size[0], original_size[0]
     )
     x_map = _postprocess_matrix(
         w, padded_size[1], input_size[1], original_size[1]
     )
     logits = np.asarray(low_res_logits, np.float32)
-    rows = _apply_axis(logits, *y_map, axis=-2)  # (..., H, w)
-    return _apply_axis(rows, *x_map, axis=-1)  # (..., H, W)
+    height, width = original_size
+    dtype = np.float32 if threshold is None else bool
+    out = np.empty(logits.shape[:-2] + (height, width), dtype)
+
+    def block(start: int) -> None:
+        stop = min(start + _ROWS_PER_BLOCK, height)
+        rows = _apply_axis(
+            logits, y_index[start:stop], y_weight[start:stop], axis=-2
+        )  # (..., rows, w)
+        values = _apply_axis(rows, *x_map, axis=-1)  # (..., rows, W)
+        if threshold is None:
+            out[..., start:stop, :] = values
+        else:
+            np.greater(values, threshold, out=out[..., start:stop, :])
+
+    starts = range(0, height, _ROWS_PER_BLOCK)
+    if _num_threads() == 1 or out.size < (1 << 20):
+        for start in starts:
+            block(start)
+    else:
+        # list() re-raises the first exception of any block.
+        list(_thread_pool().map(block, starts))
+    return out
