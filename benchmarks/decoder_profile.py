@@ -1,0 +1,158 @@
+"""Where the mask decoder's time goes: each part timed alone, per prompt,
+with its arithmetic (GFLOP) and the rate it reaches.
+
+ViT-B decoder (random weights), one 64x64x256 image embedding, `--batch`
+single-point prompts (7 tokens each). Each part runs compiled on its own
+(`keras_sam._backend_compile.compile_inference`), on inputs of the shape it
+sees inside the decoder; the parts' times add up to about the whole
+decoder's. Matrix products are counted as 2 FLOP per multiply-add;
+element-wise parts (norms, GELU) have no FLOP figure.
+
+Run from the repository root:
+    python benchmarks/decoder_profile.py --backend jax --threads 2
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16, help="prompts per call")
+    args = p.parse_args(argv)
+    _common.setup(args)
+
+    import keras
+    import numpy as np
+    from keras import ops
+
+    import keras_sam
+    from keras_sam._backend_compile import compile_inference
+
+    decoder = keras_sam.SAMMaskDecoder(
+        hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
+    )
+    decoder.build()
+    encoder = keras_sam.SAMPromptEncoder()
+    encoder.build()
+    b, hw, c = args.batch, 64 * 64, 256
+    rng = np.random.default_rng(0)
+
+    def normal(*shape):
+        return rng.normal(size=shape).astype("float32")
+
+    image = normal(1, 64, 64, c)
+    tokens = normal(b, 7, c)
+    keys_1, keys_b, pe_flat = (
+        normal(1, hw, c),
+        normal(b, hw, c),
+        normal(1, hw, c),
+    )
+    up_in = normal(b, 64, 64, c)
+    up_mid = normal(b, 128, 128, c // 4)
+    up_out = normal(b, 256, 256, c // 8)
+    hyper = normal(b, 4, c // 8)
+    points = rng.uniform(0, 1024, (b, 2, 2)).astype("float32")
+    labels = np.tile(np.array([[1, -1]], "int32"), (b, 1))
+    blocks = decoder.transformer.layers
+    deconv0, norm0, act0, deconv1, act1 = decoder.output_upscaling.layers
+
+    def proj(n_rows, n_in, n_out):
+        return 2 * n_rows * n_in * n_out
+
+    # Per-prompt GFLOP of each part (7 tokens, internal width 128).
+    attn_small = 2 * proj(7, hw, 128)  # q k^T and A v with 7 queries
+    parts = [
+        (
+            "whole decoder (prompt encoder + decoder)",
+            lambda pts, lab: keras_sam.models.sam.decode_prompts(
+                encoder, decoder, image, points=pts, labels=lab
+            ),
+            (points, labels),
+            None,
+        ),
+        (
+            "transformer block 1 (image side shared)",
+            lambda q, k: blocks[0](q, k, q, pe_flat),
+            (tokens, keys_1),
+            2 * attn_small + proj(hw, 128, c),
+        ),
+        (
+            "transformer block 2",
+            lambda q, k: blocks[1](q, k, q, pe_flat),
+            (tokens, keys_b),
+            2 * proj(hw, c, 128) + 2 * attn_small + 2 * proj(hw, c, 128),
+        ),
+        (
+            "final token-to-image attention",
+            lambda q, k: decoder.transformer.final_attention_token_to_image(
+                q, k + pe_flat, k
+            ),
+            (tokens, keys_b),
+            2 * proj(hw, c, 128) + attn_small,
+        ),
+        (
+            "layer norm of the image tokens (one)",
+            lambda k: blocks[0].layer_norm4(k),
+            (keys_b,),
+            None,
+        ),
+        ("upscaling: deconv 1", deconv0, (up_in,), proj(hw, c, 4 * c // 4)),
+        ("upscaling: layer norm", norm0, (up_mid,), None),
+        ("upscaling: GELU (128x128x64)", act0, (up_mid,), None),
+        (
+            "upscaling: deconv 2",
+            deconv1,
+            (up_mid,),
+            proj(4 * hw, c // 4, 4 * c // 8),
+        ),
+        ("upscaling: GELU (256x256x32)", act1, (up_out,), None),
+        (
+            "hypernetwork product",
+            lambda h, u: ops.matmul(
+                h, ops.transpose(ops.reshape(u, (b, -1, c // 8)), (0, 2, 1))
+            ),
+            (hyper, up_out),
+            proj(4, 16 * hw, c // 8),
+        ),
+    ]
+
+    class Part(keras.layers.Layer):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+            self.inner = [decoder, encoder]
+
+        def call(self, *inputs):
+            return self.fn(*inputs)
+
+    rows = []
+    for name, fn, inputs, flop in parts:
+        part = Part(fn)
+        run = compile_inference(part, part.call)
+        ms = _common.time_fn(
+            lambda r=run, i=inputs: r(*i), args.num_warmup, args.num_iters
+        )
+        per_prompt = ms / b
+        rate = "" if flop is None else f"{flop / per_prompt / 1e6:.0f}"
+        gflop = "" if flop is None else f"{flop / 1e9:.3f}"
+        rows.append((name, f"{per_prompt:.2f}", gflop, rate))
+    text = _common.table(
+        rows, ("part", "ms / prompt", "GFLOP / prompt", "GFLOP/s")
+    )
+    text += (
+        f"\n\n{b} prompts per call. The image-side projections of block 1 "
+        "(0.81 GFLOP) run once per call, not per prompt."
+    )
+    _common.report(
+        f"Mask decoder profile ({keras.backend.backend()})", text, args
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
