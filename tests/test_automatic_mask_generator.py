@@ -144,7 +144,7 @@ def _reference_logits(ref_model, image, record):
     return full
 
 
-def _assert_records_match(ours, ref, ref_model, image, exact_masks=False):
+def _assert_records_match(ours, ref, ref_model, image):
     """Same records in the same order; returns the number of differing mask
     pixels (each one within MASK_LOGIT_MARGIN of the official threshold)."""
     assert len(ours) == len(ref) > 3
@@ -153,7 +153,9 @@ def _assert_records_match(ours, ref, ref_model, image, exact_masks=False):
         assert o["bbox"] == r["bbox"]
         assert o["crop_box"] == r["crop_box"]  # official: sometimes floats
         assert o["point_coords"] == r["point_coords"]
-        assert o["area"] == r["area"]
+        # Areas may differ only by the mask pixels checked below.
+        assert o["area"] == int(np.sum(o["segmentation"]))
+        assert r["area"] == int(np.sum(r["segmentation"]))
     for key in ("predicted_iou", "stability_score"):
         helpers.assert_close(
             np.array([o[key] for o in ours]),
@@ -165,7 +167,6 @@ def _assert_records_match(ours, ref, ref_model, image, exact_masks=False):
     for o, r in zip(ours, ref, strict=True):
         differ = o["segmentation"] != r["segmentation"]
         if np.any(differ):
-            assert not exact_masks, int(np.sum(differ))
             logits = _reference_logits(ref_model, image, r)
             near = np.abs(logits) < helpers.MASK_LOGIT_MARGIN
             assert not np.any(differ & ~near), int(np.sum(differ & ~near))
@@ -180,12 +181,16 @@ def test_generate_matches_official(models, image, official_generator, case):
     kwargs = CASES[case]
     ref = official_generator(**kwargs).generate(image)
     ours = SAMAutomaticMaskGenerator(model, **kwargs).generate(image)
-    # Measured: identical masks (0 differing pixels), bboxes, areas and
-    # stability scores on all three backends; predicted IoUs within 1.2e-6
-    # relative (7e-8 absolute).
-    _assert_records_match(
-        ours, ref, ref_model, image, exact_masks=case == "small_regions"
-    )
+    # Measured: identical bboxes and stability scores on all three backends,
+    # predicted IoUs within 1.2e-6 relative (7e-8 absolute); masks identical
+    # but for 1 pixel of 1 record on PyTorch (grid and small_regions; its
+    # official logit is within MASK_LOGIT_MARGIN of the threshold: the
+    # decoder sums its upscaling products in another order than the
+    # convolutions do).
+    # With small-region removal a flipped pixel could change a region's
+    # fate; such a change would show as differing pixels far from the
+    # threshold, which the check refuses.
+    _assert_records_match(ours, ref, ref_model, image)
     for o in ours:
         assert o["segmentation"].dtype == bool
         assert o["segmentation"].shape == IMAGE_SHAPE[:2]

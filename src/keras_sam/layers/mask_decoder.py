@@ -293,8 +293,6 @@ class SAMMaskDecoder(keras.layers.Layer):
         iou_token_out = hidden[:, 0, :]  # (B, C)
         mask_tokens_out = hidden[:, 1 : 1 + self.num_mask_tokens, :]
 
-        source = ops.reshape(source, shape)  # (B, He, We, C)
-        upscaled = self.output_upscaling(source)  # (B, 4He, 4We, C/8)
         hyper_in = ops.stack(
             [
                 mlp(mask_tokens_out[:, i, :])
@@ -302,16 +300,58 @@ class SAMMaskDecoder(keras.layers.Layer):
             ],
             axis=1,
         )  # (B, T, C/8)
-        up_shape = ops.shape(upscaled)
-        flat = ops.reshape(
-            upscaled, (up_shape[0], up_shape[1] * up_shape[2], up_shape[3])
-        )  # (B, 4He*4We, C/8)
-        masks = ops.matmul(hyper_in, ops.transpose(flat, (0, 2, 1)))
-        masks = ops.reshape(
-            masks, (up_shape[0], self.num_mask_tokens, up_shape[1], up_shape[2])
+        masks = self._upscale_and_predict(
+            source, hyper_in, shape
         )  # (B, T, 4He, 4We)
         iou_pred = self.iou_prediction_head(iou_token_out)  # (B, T)
         return {"masks": masks, "iou_pred": iou_pred}
+
+    def _upscale_and_predict(self, source, hyper_in, shape):
+        """`output_upscaling`, then each mask token's dot product with every
+        pixel, computed per embedding cell.
+
+        The two transposed convolutions have kernel 2 and stride 2: each
+        embedding cell `(i, j)` alone makes the 4x4 block of output pixels
+        `(4i + 2a + c, 4j + 2b + d)` (`(a, b)` from the first, `(c, d)` from
+        the second). So they are two matrix products on the cells, with the
+        layers' own kernels, and the pixels are put in image order only at
+        the end, on the `T` mask logits rather than on the `C/8` features:
+        the same sums as the convolutions, without moving the feature maps.
+
+        Args:
+            source: `(B, He*We, C)` image tokens from the transformer.
+            hyper_in: `(B, T, C/8)` hypernetwork outputs.
+            shape: `(B, He, We, C)`.
+
+        Returns:
+            `(B, T, 4He, 4We)` mask logits.
+        """
+        deconv_0, norm_0, act_0, deconv_1, act_1 = self.output_upscaling.layers
+        batch, he, we, c = shape
+        dtype = source.dtype
+
+        def as_matrix(deconv):
+            # (2, 2, out, in) kernel -> (in, [a, b, out]).
+            kernel = ops.cast(deconv.kernel, dtype)
+            _, _, c_out, c_in = kernel.shape
+            kernel = ops.transpose(kernel, (3, 0, 1, 2))
+            return ops.reshape(kernel, (c_in, 4 * c_out)), c_out
+
+        kernel, c4 = as_matrix(deconv_0)
+        x = ops.matmul(source, kernel)  # (B, He*We, 4 * C/4)
+        x = ops.reshape(x, (batch, he * we, 4, c4))
+        x = x + ops.cast(deconv_0.bias, dtype)
+        x = act_0(norm_0(x))
+        kernel, c8 = as_matrix(deconv_1)
+        x = ops.matmul(x, kernel)  # (B, He*We, 4, 4 * C/8)
+        x = ops.reshape(x, (batch, he * we * 16, c8))
+        x = act_1(x + ops.cast(deconv_1.bias, dtype))  # (B, 16 He We, C/8)
+        logits = ops.matmul(x, ops.transpose(hyper_in, (0, 2, 1)))
+        t = self.num_mask_tokens
+        # (B, i, j, a, b, c, d, T) -> (B, T, i, a, c, j, b, d)
+        logits = ops.reshape(logits, (batch, he, we, 2, 2, 2, 2, t))
+        logits = ops.transpose(logits, (0, 7, 1, 3, 5, 2, 4, 6))
+        return ops.reshape(logits, (batch, t, 4 * he, 4 * we))
 
     def get_config(self):
         config = super().get_config()
