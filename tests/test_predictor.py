@@ -268,3 +268,16 @@ def test_prompt_batches_are_chunked_and_padded_to_powers_of_two(pair):
     helpers.assert_close(chunk_scores, scores, helpers.SAME_BACKEND_RTOL)
     with pytest.raises(ValueError, match="decode_chunk_size"):
         SAMPredictor(ours.model, decode_chunk_size=0)
+
+
+def test_low_res_then_upscale_is_predict_batch(pair):
+    ours, _, _ = pair
+    boxes = np.array([[120.0, 80.0, 500.0, 420.0], [10.0, 20.0, 200.0, 150.0]])
+    masks, scores, low = ours.predict_batch(boxes=boxes)
+    low2, scores2 = ours.predict_low_res(boxes=boxes)
+    np.testing.assert_array_equal(low2, low)
+    np.testing.assert_array_equal(scores2, scores)
+    np.testing.assert_array_equal(ours.upscale(low2, threshold=0.0), masks)
+    assert ours.upscale(low2).dtype == np.float32
+    with pytest.raises(ValueError, match="at least one of"):
+        ours.predict_low_res()

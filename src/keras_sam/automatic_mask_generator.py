@@ -7,7 +7,6 @@ import sys
 import numpy as np
 
 from keras_sam import amg_utils
-from keras_sam import transforms
 from keras_sam.layers import _checks
 from keras_sam.predictor import MASK_THRESHOLD
 from keras_sam.predictor import SAMPredictor
@@ -316,10 +315,9 @@ class SAMAutomaticMaskGenerator:
     def _process_batch(self, points, crop_box, image_shape) -> dict:
         predictor = self.predictor
         n = len(points)
-        prompts = predictor._prepare(
-            points[:, None, :], np.ones((n, 1)), None, None, ("B",)
+        low_res, iou_preds = predictor.predict_low_res(
+            points[:, None, :], np.ones((n, 1), np.int32)
         )
-        low_res, iou_preds = predictor._decode(prompts, multimask_output=True)
         k = low_res.shape[1]
         low_res = low_res.reshape((n * k,) + low_res.shape[2:])
         iou_preds = iou_preds.reshape(-1)
@@ -337,11 +335,8 @@ class SAMAutomaticMaskGenerator:
         parts = []
         for start in range(0, len(keep), chunk):
             idx = keep[start : start + chunk]
-            logits = transforms.postprocess_masks(
-                low_res[idx],
-                predictor.input_size,
-                predictor.original_size,
-                predictor.image_size,
+            logits = predictor.upscale(
+                low_res[idx]
             )  # (c, h, w) at the crop's resolution
             stability = amg_utils.stability_score(
                 logits, MASK_THRESHOLD, self.stability_score_offset

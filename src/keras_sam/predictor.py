@@ -365,12 +365,8 @@ class SAMPredictor:
         return single, single_score
 
     def _finish(self, logits, scores, return_logits: bool):
-        masks = transforms.postprocess_masks(
-            logits,
-            self.input_size,
-            self.original_size,
-            self.image_size,
-            threshold=None if return_logits else MASK_THRESHOLD,
+        masks = self.upscale(
+            logits, threshold=None if return_logits else MASK_THRESHOLD
         )
         return masks, scores, logits
 
@@ -437,17 +433,52 @@ class SAMPredictor:
             `(masks (B, C, H, W), scores (B, C), low_res_logits
             (B, C, 256, 256))`.
         """
+        logits, scores = self.predict_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output
+        )
+        return self._finish(logits, scores, return_logits)
+
+    def predict_low_res(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's low-resolution logits and scores for a batch of B
+        prompts, not upscaled: for callers that filter masks before paying
+        for the upscaling to the image size (as the automatic mask generator
+        does), then upscale the rest with `upscale`.
+
+        Arguments as in `predict_batch`.
+
+        Returns:
+            `(low_res_logits (B, C, 256, 256), scores (B, C))` NumPy.
+        """
         self._require_image()
         if point_coords is None and boxes is None and mask_input is None:
             raise ValueError(
-                "`predict_batch` needs at least one of point_coords, boxes "
+                "A prompt batch needs at least one of point_coords, boxes "
                 "or mask_input: it has no batch size otherwise."
             )
         prompts = self._prepare(
             point_coords, point_labels, boxes, mask_input, ("B",)
         )
-        logits, scores = self._decode(prompts, multimask_output)
-        return self._finish(logits, scores, return_logits)
+        return self._decode(prompts, multimask_output)
+
+    def upscale(self, low_res_logits, threshold: float | None = None):
+        """Low-res logits `(..., 256, 256)` of the current image to its
+        original size `(..., H, W)`: float32 logits, or the bool masks
+        `logits > threshold`."""
+        self._require_image()
+        return transforms.postprocess_masks(
+            low_res_logits,
+            self.input_size,
+            self.original_size,
+            self.image_size,
+            threshold=threshold,
+        )
 
 
 def _batch_shape_doc(batch_shape: tuple, shape: str) -> str:
