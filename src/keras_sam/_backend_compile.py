@@ -3,10 +3,18 @@
 `compile_inference(layer, fn)` returns a function with `fn`'s signature that
 runs `fn` as one compiled program where that pays: `jax.jit` over the
 layer's variable values (JAX eager dispatch compiles every op separately),
-`tf.function` on TensorFlow, and plain eager on PyTorch. Arguments are
-NumPy arrays or None; shapes that change trigger a new trace, as usual.
-This is the only module of the library that imports a backend directly.
+`tf.function` on TensorFlow, and eager PyTorch under `torch.no_grad()` (no
+autograd graph is kept). `torch.compile` is opt-in with the environment
+variable `KERAS_SAM_TORCH_COMPILE=1`: measured on this 2-core CPU for the
+ViT-B decoder (16 prompts, 1 thread) it halves the time per prompt (116 ->
+63 ms) but its first call compiles for about 50 s, and every new prompt
+count compiles again, which an interactive predictor or a one-image command
+never earns back. Arguments are NumPy arrays or None; shapes that change
+trigger a new trace, as usual. This is the only module of the library that
+imports a backend directly.
 """
+
+import os
 
 import keras
 
@@ -19,7 +27,22 @@ def compile_inference(layer, fn):
         import tensorflow as tf
 
         return tf.function(fn, reduce_retracing=True)
+    if backend == "torch":
+        return _torch(fn)
     return fn
+
+
+def _torch(fn):
+    import torch
+
+    if os.environ.get("KERAS_SAM_TORCH_COMPILE") == "1":
+        fn = torch.compile(fn)
+
+    def call(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _jax(layer, fn):
