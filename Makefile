@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS ?= jax torch tensorflow
+BENCH_BACKEND ?= jax
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,26 @@ test: $(VENV)/.test-installed lint
 	  KERAS_BACKEND=$$b OMP_WAIT_POLICY=PASSIVE \
 	    $(BIN)/python -m pytest $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
+
+# Side-by-side benchmarks (not part of CI): every script appends its table
+# and exact command to BENCHMARKS.md. Slow (about half an hour on 2 cores).
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.test-installed
+	$(BIN)/pip install -e ".[bench]"
+	touch $@
+
+BENCH_ARGS ?= --threads 2 --num-warmup 2 --num-iters 5
+bench: $(VENV)/.bench-installed
+	for b in jax tensorflow torch; do \
+	  extra=$$([ $$b = jax ] || echo --no-hf --no-onnx --no-torch-compile); \
+	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/decoder.py \
+	    --backend $$b $(BENCH_ARGS) $$extra || exit 1; \
+	  OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/predictor.py \
+	    --backend $$b $(BENCH_ARGS) || exit 1; \
+	done
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/image_encoder.py \
+	  --backend $(BENCH_BACKEND) --threads 2 --num-warmup 1 --num-iters 3
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/amg_memory.py \
+	  --backend $(BENCH_BACKEND) --threads 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

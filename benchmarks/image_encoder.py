@@ -1,4 +1,5 @@
-"""Image encoder ViT-B at 1024x1024: ours vs the official `ImageEncoderViT`
+"""Image encoder (ViT-B at 1024x1024 by default): ours vs the official
+`ImageEncoderViT`
 (eager and `torch.compile`), one image, fp32.
 
 Same random seeded weights on both sides (the official module's, converted
@@ -23,10 +24,10 @@ from benchmarks import _common  # noqa: E402
 SYSTEMS = ("ours", "official eager", "official torch.compile")
 
 
-def _vit_b() -> dict:
+def _config(preset: str) -> dict:
     from keras_sam.models.presets import PRESETS
 
-    return dict(PRESETS["sam_vit_b"]["image_encoder"])
+    return dict(PRESETS[preset]["image_encoder"])
 
 
 def _peak_rss_mb() -> float:
@@ -42,13 +43,14 @@ def _measure(args, system: str) -> dict:
 
     from tests.reference import official
 
-    config = _vit_b()
+    config = _config(args.preset)
     ref = official.make_image_encoder(config, seed=0)
     rng = np.random.default_rng(0)
-    image = rng.normal(size=(1, 1024, 1024, 3)).astype("float32")
+    image = rng.normal(size=(1, *config["image_shape"])).astype("float32")
     image_t = torch.from_numpy(official.nhwc_to_nchw(image))
     with torch.inference_mode():
-        expected = official.to_numpy(ref(image_t))  # (1, 64, 64, 256)
+        # NCHW -> NHWC (1, 64, 64, 256)
+        expected = official.to_numpy(ref(image_t)).transpose(0, 2, 3, 1)
     before = _peak_rss_mb()
 
     if system == "ours":
@@ -77,7 +79,7 @@ def _measure(args, system: str) -> dict:
                 return module(image_t)
 
         def to_numpy(out):
-            return official.to_numpy(out)
+            return official.to_numpy(out).transpose(0, 2, 3, 1)
 
     got = to_numpy(_common.sync(run()))
     err = float(np.abs(got - expected).max() / np.abs(expected).max())
@@ -90,6 +92,11 @@ def _measure(args, system: str) -> dict:
 def main(argv=None) -> int:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--system", choices=SYSTEMS, help=argparse_hidden())
+    p.add_argument(
+        "--preset",
+        default="sam_vit_b",
+        help="whose image encoder (sam_shapes: a quick smoke test)",
+    )
     p.add_argument(
         "--no-torch-compile",
         action="store_true",
@@ -119,6 +126,8 @@ def main(argv=None) -> int:
             str(args.num_iters),
             "--device",
             args.device,
+            "--preset",
+            args.preset,
         ]
         if args.backend:
             command += ["--backend", args.backend]
@@ -132,7 +141,7 @@ def main(argv=None) -> int:
     rows = [
         (
             name,
-            f"{r['ms'] / 1000:.2f} s",
+            f"{r['ms']:.1f} ms",
             f"{r['ms'] / ours:.2f}x",
             f"{r['peak_mb']:.0f} MB",
             f"{r['error']:.1e}",
@@ -143,7 +152,9 @@ def main(argv=None) -> int:
         rows,
         ("system", "median", "time / ours", "peak memory", "max rel. error"),
     )
-    _common.report("Image encoder ViT-B, 1024x1024, one image", text, args)
+    h, w = _config(args.preset)["image_shape"][:2]
+    title = f"Image encoder ({args.preset}), {h}x{w}, one image"
+    _common.report(title, text, args)
     return 0
 
 
