@@ -440,35 +440,8 @@ class ShapesDataset(keras.utils.PyDataset):
             `"images"` `(S, S, 3)`, `"points"` `(2, 2)`, `"labels"` `(2,)`,
             `"y"` `(M, M)`.
         """
-        if not 0 <= index < self.num_examples:
-            raise IndexError(
-                f"Example index out of range. Received: index={index}, "
-                f"num_examples={self.num_examples}"
-            )
-        factor = self.input_size // self.mask_size
-        for attempt in range(_MAX_ATTEMPTS):
-            key = (self.seed, index, attempt)
-            image, masks = make_scene(
-                (*key, 1), self.image_size, self.num_objects
-            )
-            rng = np.random.default_rng((*key, 2))
-            for k in rng.permutation(len(masks)):
-                y = _model_frame_mask(
-                    masks[k], self.resized_size, self.input_size, factor
-                )
-                if y.any():
-                    break
-            else:
-                continue
-            mask = masks[k]
-            break
-        else:  # pragma: no cover - needs 32 scenes without a usable object
-            raise RuntimeError(
-                f"No usable object in {_MAX_ATTEMPTS} scenes for example "
-                f"{index}; image_size={self.image_size} is too small for "
-                f"mask_size={self.mask_size}"
-            )
-
+        image, usable, rng = self._usable_objects(index, stream=2)
+        mask, y = usable[0]
         kind, coords, points, labels = self._prompt(rng, mask)
         return {
             "image": image,
@@ -491,34 +464,8 @@ class ShapesDataset(keras.utils.PyDataset):
             `"images"` `(S, S, 3)`, `"points"` `(K, 2, 2)`, `"labels"`
             `(K, 2)`, `"y"` `(K, M, M)`.
         """
-        if not 0 <= index < self.num_examples:
-            raise IndexError(
-                f"Example index out of range. Received: index={index}, "
-                f"num_examples={self.num_examples}"
-            )
         count = self.prompts_per_image or 1
-        factor = self.input_size // self.mask_size
-        for attempt in range(_MAX_ATTEMPTS):
-            key = (self.seed, index, attempt)
-            image, masks = make_scene(
-                (*key, 1), self.image_size, self.num_objects
-            )
-            rng = np.random.default_rng((*key, 3))
-            usable = []
-            for k in rng.permutation(len(masks)):
-                y = _model_frame_mask(
-                    masks[k], self.resized_size, self.input_size, factor
-                )
-                if y.any():
-                    usable.append((masks[k], y))
-            if usable:
-                break
-        else:  # pragma: no cover - needs 32 scenes without a usable object
-            raise RuntimeError(
-                f"No usable object in {_MAX_ATTEMPTS} scenes for example "
-                f"{index}; image_size={self.image_size} is too small for "
-                f"mask_size={self.mask_size}"
-            )
+        image, usable, rng = self._usable_objects(index, stream=3)
         rows = []
         for i in range(count):
             mask, y = usable[i % len(usable)]
@@ -533,6 +480,39 @@ class ShapesDataset(keras.utils.PyDataset):
             "labels": np.stack([r[5] for r in rows]),
             "y": np.stack([r[1] for r in rows]),
         }
+
+    def _usable_objects(self, index: int, stream: int):
+        """`(image, [(mask, y), ...], rng)` of example `index`: its scene's
+        objects still non-empty at the decoder's size, in a random order
+        drawn from `rng = default_rng((seed, index, attempt, stream))`
+        (which then draws the prompts); `attempt` moves on, rarely, past
+        scenes without such an object."""
+        if not 0 <= index < self.num_examples:
+            raise IndexError(
+                f"Example index out of range. Received: index={index}, "
+                f"num_examples={self.num_examples}"
+            )
+        factor = self.input_size // self.mask_size
+        for attempt in range(_MAX_ATTEMPTS):
+            key = (self.seed, index, attempt)
+            image, masks = make_scene(
+                (*key, 1), self.image_size, self.num_objects
+            )
+            rng = np.random.default_rng((*key, stream))
+            usable = []
+            for k in rng.permutation(len(masks)):
+                y = _model_frame_mask(
+                    masks[k], self.resized_size, self.input_size, factor
+                )
+                if y.any():
+                    usable.append((masks[k], y))
+            if usable:
+                return image, usable, rng
+        raise RuntimeError(  # pragma: no cover - 32 scenes without an object
+            f"No usable object in {_MAX_ATTEMPTS} scenes for example "
+            f"{index}; image_size={self.image_size} is too small for "
+            f"mask_size={self.mask_size}"
+        )
 
     def _model_image(self, image: np.ndarray) -> np.ndarray:
         return transforms.normalize_and_pad(
