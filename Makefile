@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS ?= jax torch tensorflow
-BENCH_BACKEND ?= jax
+BENCH_BACKEND ?= tensorflow
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench clean
@@ -12,9 +12,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-# Runtime install for the demo: keras + the JAX backend.
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[jax,convert,amg]"
+# Runtime install for the demo: keras + the TensorFlow backend (the fastest
+# on a CPU in benchmarks/, see the README's "Speed").
+$(VENV)/.demo-installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -e ".[tensorflow,convert,amg]"
 	touch $@
 
 # Everything the suite needs: all three backends and the reference extras.
@@ -23,7 +24,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.demo-installed
-	KERAS_BACKEND=jax $(BIN)/keras-sam demo -o demo_out
+	KERAS_BACKEND=tensorflow $(BIN)/keras-sam demo -o demo_out
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests $(wildcard benchmarks scripts)

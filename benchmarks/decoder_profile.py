@@ -28,7 +28,6 @@ def main(argv=None) -> int:
 
     import keras
     import numpy as np
-    from keras import ops
 
     import keras_sam
     from keras_sam._backend_compile import compile_inference
@@ -52,14 +51,13 @@ def main(argv=None) -> int:
         normal(b, hw, c),
         normal(1, hw, c),
     )
-    up_in = normal(b, 64, 64, c)
     up_mid = normal(b, 128, 128, c // 4)
     up_out = normal(b, 256, 256, c // 8)
-    hyper = normal(b, 4, c // 8)
+    hyper = normal(b, 4, c // 8)  # (B, T, C/8)
     points = rng.uniform(0, 1024, (b, 2, 2)).astype("float32")
     labels = np.tile(np.array([[1, -1]], "int32"), (b, 1))
     blocks = decoder.transformer.layers
-    deconv0, norm0, act0, deconv1, act1 = decoder.output_upscaling.layers
+    _, norm0, act0, _, act1 = decoder.output_upscaling.layers
 
     def proj(n_rows, n_in, n_out):
         return 2 * n_rows * n_in * n_out
@@ -101,24 +99,17 @@ def main(argv=None) -> int:
             (keys_b,),
             None,
         ),
-        ("upscaling: deconv 1", deconv0, (up_in,), proj(hw, c, 4 * c // 4)),
-        ("upscaling: layer norm", norm0, (up_mid,), None),
-        ("upscaling: GELU (128x128x64)", act0, (up_mid,), None),
         (
-            "upscaling: deconv 2",
-            deconv1,
-            (up_mid,),
-            proj(4 * hw, c // 4, 4 * c // 8),
+            "upscaling and mask products (as the decoder runs them)",
+            lambda k, h: decoder._upscale_and_predict(k, h, (b, 64, 64, c)),
+            (keys_b, hyper),
+            proj(hw, c, 4 * c // 4)
+            + proj(4 * hw, c // 4, 4 * c // 8)
+            + proj(4, 16 * hw, c // 8),
         ),
-        ("upscaling: GELU (256x256x32)", act1, (up_out,), None),
-        (
-            "hypernetwork product",
-            lambda h, u: ops.matmul(
-                h, ops.transpose(ops.reshape(u, (b, -1, c // 8)), (0, 2, 1))
-            ),
-            (hyper, up_out),
-            proj(4, 16 * hw, c // 8),
-        ),
+        ("  of which: layer norm (64 channels)", norm0, (up_mid,), None),
+        ("  of which: GELU (128x128x64)", act0, (up_mid,), None),
+        ("  of which: GELU (256x256x32)", act1, (up_out,), None),
     ]
 
     class Part(keras.layers.Layer):

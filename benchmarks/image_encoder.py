@@ -4,9 +4,10 @@
 
 Same random seeded weights on both sides (the official module's, converted
 by `keras_sam.load_official_weights`), same normalised input; the embeddings
-are compared before timing. Peak memory is the process's resident set
-growth during one forward pass of each system (measured in a fresh
-subprocess per system, so one system's allocations do not hide another's).
+are compared before timing. Each system runs in a fresh subprocess. Peak
+memory is not reported: each child first runs the official forward pass for
+the reference output, which sets the process's peak before the timed system
+runs (the first runs printed a meaningless "peak memory" column).
 
 Run from the repository root:
     python benchmarks/image_encoder.py --backend jax --threads 2
@@ -30,12 +31,6 @@ def _config(preset: str) -> dict:
     return dict(PRESETS[preset]["image_encoder"])
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _measure(args, system: str) -> dict:
     """Time (and check) one system in this process."""
     import numpy as np
@@ -51,7 +46,6 @@ def _measure(args, system: str) -> dict:
     with torch.inference_mode():
         # NCHW -> NHWC (1, 64, 64, 256)
         expected = official.to_numpy(ref(image_t)).transpose(0, 2, 3, 1)
-    before = _peak_rss_mb()
 
     if system == "ours":
         import keras
@@ -86,7 +80,7 @@ def _measure(args, system: str) -> dict:
     if err > 1e-4:
         raise SystemExit(f"{system}: differs from official by {err:.2e}")
     ms = _common.time_fn(run, args.num_warmup, args.num_iters)
-    return {"ms": ms, "error": err, "peak_mb": _peak_rss_mb() - before}
+    return {"ms": ms, "error": err}
 
 
 def main(argv=None) -> int:
@@ -143,14 +137,13 @@ def main(argv=None) -> int:
             name,
             f"{r['ms']:.1f} ms",
             f"{r['ms'] / ours:.2f}x",
-            f"{r['peak_mb']:.0f} MB",
             f"{r['error']:.1e}",
         )
         for name, r in results.items()
     ]
     text = _common.table(
         rows,
-        ("system", "median", "time / ours", "peak memory", "max rel. error"),
+        ("system", "median", "time / ours", "max rel. error"),
     )
     h, w = _config(args.preset)["image_shape"][:2]
     title = f"Image encoder ({args.preset}), {h}x{w}, one image"

@@ -249,3 +249,33 @@ def test_demo_segments_a_held_out_picture(tmp_path):
     assert "IoU with the true mask" in result.stdout
     with Image.open(tmp_path / "demo_overlay.png") as im:
         assert im.mode == "RGB" and im.size[1] == 256
+
+
+def test_default_backend_is_the_fastest_installed(monkeypatch):
+    import importlib.util
+
+    from keras_sam import cli
+
+    real = importlib.util.find_spec
+    # All three are installed in the test environment.
+    assert cli.default_backend() == cli.BACKEND_PREFERENCE[0] == "tensorflow"
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorflow" else real(name, *a),
+    )
+    assert cli.default_backend() == "jax"
+
+
+def test_without_backend_the_command_uses_the_default(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run(
+        [SCRIPT, "demo", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "backend: tensorflow" in result.stderr

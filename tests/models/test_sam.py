@@ -200,17 +200,40 @@ def test_keras_safetensors_round_trip(tmp_path):
         SAM.from_keras_safetensors(other)
 
 
-def test_bundled_shapes_model_beats_random_weights():
-    """The shipped sam_shapes weights load and segment held-out scenes
-    better than the same architecture with random weights."""
+def test_bundled_shapes_model_on_200_held_out_pictures():
+    """The shipped sam_shapes weights, evaluated here on the 200 held-out
+    pictures (seeds training never uses), on this backend.
+
+    Issue 6's targets are 0.85 (click) and 0.90 (box); the current model
+    does not reach them (measured on JAX: 0.776 and 0.816, recorded in
+    sam_shapes.json), so this asserts the level it reaches, a little below
+    the measured figures for backend rounding, and that it beats the same
+    architecture with random weights by far. Raise the bounds to the
+    targets when a model meets them.
+    """
+    import json
+    from pathlib import Path
+
     from keras_sam.evaluation import evaluate_shapes
 
     trained = SAM.from_preset("sam_shapes", weights=True)
-    untrained = SAM.from_preset("sam_shapes")
-    ours = evaluate_shapes(trained, num_images=4)
-    baseline = evaluate_shapes(untrained, num_images=4)
-    assert ours["point_miou"] > baseline["point_miou"] + 0.1
-    assert ours["box_miou"] > baseline["box_miou"] + 0.1
+    result = evaluate_shapes(trained, num_images=200)
+    print(result)
+    record = json.loads(
+        (
+            Path(keras_sam.__file__).parent
+            / "weights/sam_shapes/sam_shapes.json"
+        ).read_text()
+    )["evaluation"]
+    assert result["num_objects"] == record["num_objects"] == 708
+    # The recorded figures are what this computes (JAX, float16 weights).
+    assert abs(result["point_miou"] - record["point_miou"]) < 0.01
+    assert abs(result["box_miou"] - record["box_miou"]) < 0.01
+    assert result["point_miou"] >= 0.76
+    assert result["box_miou"] >= 0.80
+    baseline = evaluate_shapes(SAM.from_preset("sam_shapes"), num_images=8)
+    assert result["point_miou"] > baseline["point_miou"] + 0.3
+    assert result["box_miou"] > baseline["box_miou"] + 0.3
 
 
 def test_several_prompts_per_image_match_one_by_one():
