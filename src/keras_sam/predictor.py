@@ -313,14 +313,18 @@ class SAMPredictor:
         bounded working set. The padding rows are dropped.
         """
         decode = self.model.compiled_method("decode")
-        if not prompts:
-            out = decode(self.features)
+
+        def run(chunk, rows=None):
+            out = decode(self.features, **chunk)
             return (
-                keras.ops.convert_to_numpy(out["masks"]),
-                keras.ops.convert_to_numpy(out["iou_pred"]),
+                keras.ops.convert_to_numpy(out["masks"])[:rows],
+                keras.ops.convert_to_numpy(out["iou_pred"])[:rows],
             )
+
+        if not prompts:
+            return run({})
         batch = next(iter(prompts.values())).shape[0]
-        chunk_size = max(1, int(self.decode_chunk_size))
+        chunk_size = self.decode_chunk_size  # validated >= 1
         logits, scores = [], []
         for start in range(0, batch, chunk_size):
             chunk = {
@@ -335,9 +339,9 @@ class SAMPredictor:
                     )
                     for k, v in chunk.items()
                 }
-            out = decode(self.features, **chunk)
-            logits.append(keras.ops.convert_to_numpy(out["masks"])[:rows])
-            scores.append(keras.ops.convert_to_numpy(out["iou_pred"])[:rows])
+            chunk_logits, chunk_scores = run(chunk, rows)
+            logits.append(chunk_logits)
+            scores.append(chunk_scores)
         if len(logits) == 1:
             return logits[0], scores[0]
         return np.concatenate(logits), np.concatenate(scores)
