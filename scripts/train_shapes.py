@@ -182,6 +182,77 @@ def load_model(path: str | os.PathLike) -> SAM:
     return model
 
 
+def _resize_linear(table: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation of `table` along `axis` to `size` samples, the
+    first and last samples kept (PyTorch `interpolate(..., "linear",
+    align_corners=True)`)."""
+    old = table.shape[axis]
+    if old == size:
+        return table
+    where = np.linspace(0.0, old - 1.0, size)
+    lo = np.minimum(np.floor(where).astype(int), old - 2)
+    frac = (where - lo).reshape(
+        [-1 if a == axis else 1 for a in range(table.ndim)]
+    )
+    take = lambda i: np.take(table, i, axis=axis)  # noqa: E731
+    return (1.0 - frac) * take(lo) + frac * take(lo + 1)
+
+
+def resample_state(state: dict, model) -> dict[str, np.ndarray]:
+    """`state` (`{variable.path: array}` of a shapes model) fitted to
+    `model`, whose image encoder may have another patch size.
+
+    Variables of equal shapes are copied. For a finer patch (e.g. 16 -> 8):
+    the patch-embedding kernel `(p, p, 3, C)` becomes the sums of its
+    `(p/q, p/q)` blocks (the same response on a locally constant image),
+    the absolute position embedding `(1, g, g, C)` and the relative
+    position tables `(2g - 1, d)` are interpolated linearly over the finer
+    grid, first and last samples kept (`align_corners=True`; the middle of
+    a relative table, distance 0, stays too). The official `get_rel_pos`
+    also resizes its tables linearly, with `align_corners=False`; training
+    goes on from here, so either start serves. Any other difference is an
+    error.
+    """
+    out = {}
+    for v in model.weights:
+        if v.path not in state:
+            raise ValueError(f"{v.path!r} is not in the initial weights")
+        old = np.asarray(state[v.path], np.float32)
+        new_shape = tuple(v.shape)
+        name = v.path.rsplit("/", 1)[-1]
+        if old.shape == new_shape:
+            out[v.path] = old
+        elif name == "kernel" and "patch_embed" in v.path:
+            factor = old.shape[0] // new_shape[0]
+            if (
+                factor * new_shape[0] != old.shape[0]
+                or old.shape[2:] != new_shape[2:]
+            ):
+                raise ValueError(
+                    f"Cannot resample {v.path}: {old.shape} -> {new_shape}"
+                )
+            q = new_shape[0]
+            out[v.path] = old.reshape(q, factor, q, factor, *old.shape[2:]).sum(
+                axis=(1, 3)
+            )
+        elif name == "pos_embed":
+            out[v.path] = _resize_linear(
+                _resize_linear(old, new_shape[1], 1), new_shape[2], 2
+            )
+        elif name in ("rel_pos_h", "rel_pos_w"):
+            out[v.path] = _resize_linear(old, new_shape[0], 0)
+        else:
+            raise ValueError(
+                f"Shape of {v.path}: model {new_shape}, initial weights "
+                f"{old.shape}"
+            )
+        if out[v.path].shape != new_shape:
+            raise ValueError(
+                f"Cannot resample {v.path}: {old.shape} -> {new_shape}"
+            )
+    return out
+
+
 class _FromStep(keras.utils.PyDataset):
     """Batches `start, start + 1, ...` of `data`: resuming keeps the order."""
 
@@ -279,6 +350,14 @@ def parse_args(argv=None):
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights of this sam_shapes.safetensors (its "
+        "patch size may be coarser: see resample_state); the optimizer and "
+        "schedule start afresh",
+    )
+    parser.add_argument(
         "--prompts-per-image",
         type=int,
         default=1,
@@ -368,6 +447,13 @@ def main(argv=None) -> int:
     )
     model = build_model(config, _RecipeSAM if args.loss == "recipe" else SAM)
     model.supervise_all_iou = args.supervise_all_iou
+    if args.init_from is not None:
+        for v, value in zip(
+            model.weights,
+            resample_state(read_state_dict(args.init_from), model).values(),
+            strict=True,
+        ):
+            v.assign(value.astype(v.dtype))
     warmup = min(args.warmup_steps, args.steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
@@ -442,6 +528,7 @@ def main(argv=None) -> int:
         "weight_decay": args.weight_decay,
         "warmup_steps": warmup,
         "seed": args.seed,
+        "init_from": None if args.init_from is None else str(args.init_from),
         "wall_time_s": round(progress["wall_time_s"], 1),
         "steps_per_s": round(
             args.steps / max(progress["wall_time_s"], 1e-9), 3

@@ -1,0 +1,85 @@
+"""`scripts/train_shapes.py`: moving weights to a finer patch size."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "train_shapes.py"
+
+
+@pytest.fixture(scope="module")
+def train_shapes():
+    spec = importlib.util.spec_from_file_location("train_shapes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _state(model, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        v.path: rng.normal(size=tuple(v.shape)).astype("float32")
+        for v in model.weights
+    }
+
+
+def test_resample_state_to_a_finer_patch(train_shapes):
+    coarse = train_shapes.build_model(train_shapes.model_config(patch_size=16))
+    fine = train_shapes.build_model(train_shapes.model_config(patch_size=8))
+    state = _state(coarse, 0)
+    out = train_shapes.resample_state(state, fine)
+    assert list(out) == [v.path for v in fine.weights]
+    resampled = set()
+    for v in fine.weights:
+        assert out[v.path].shape == tuple(v.shape)
+        if state[v.path].shape == tuple(v.shape):
+            np.testing.assert_array_equal(out[v.path], state[v.path])
+        else:
+            resampled.add(v.path.rsplit("/", 1)[-1])
+    assert resampled == {"kernel", "pos_embed", "rel_pos_h", "rel_pos_w"}
+
+    # Patch kernel: the same response to a constant image.
+    name = next(p for p in out if "patch_embed" in p and p.endswith("kernel"))
+    np.testing.assert_allclose(
+        out[name].sum(axis=(0, 1)),
+        state[name].sum(axis=(0, 1)),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        out[name][0, 0],
+        state[name][:2, :2].sum(axis=(0, 1)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Position tables: linear over the finer grid, ends kept.
+    pos = next(p for p in out if p.endswith("pos_embed"))
+    assert out[pos].shape == (1, 32, 32, 128)
+    for r, c in ((0, 0), (-1, -1), (0, -1)):
+        np.testing.assert_allclose(
+            out[pos][0, r, c], state[pos][0, r, c], rtol=1e-5
+        )
+    rel = next(p for p in out if p.endswith("rel_pos_h"))
+    old, new = state[rel], out[rel]  # (31, d) -> (63, d)
+    # align_corners: ends and the zero distance (the middle) kept.
+    for j, i in ((0, 0), (31, 15), (62, 30)):
+        np.testing.assert_allclose(new[j], old[i], rtol=1e-5, atol=1e-6)
+    where = np.linspace(0, 30, 63)
+    expected = np.stack(
+        [np.interp(where, np.arange(31), old[:, c]) for c in range(32)], 1
+    )
+    np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resample_state_names_what_it_cannot_fit(train_shapes):
+    small = train_shapes.build_model(train_shapes.model_config(hidden_size=64))
+    model = train_shapes.build_model(train_shapes.model_config())
+    with pytest.raises(ValueError, match="image_encoder/"):
+        train_shapes.resample_state(_state(small, 0), model)
+    state = _state(model, 0)
+    missing = next(iter(state))
+    del state[missing]
+    with pytest.raises(ValueError, match="not in the initial weights"):
+        train_shapes.resample_state(state, model)
