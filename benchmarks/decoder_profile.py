@@ -6,7 +6,9 @@ single-point prompts (7 tokens each). Each part runs compiled on its own
 (`keras_sam._backend_compile.compile_inference`), on inputs of the shape it
 sees inside the decoder; the parts' times add up to about the whole
 decoder's. Matrix products are counted as 2 FLOP per multiply-add;
-element-wise parts (norms, GELU) have no FLOP figure.
+element-wise parts (norms, GELU) have no FLOP figure. Attention is counted
+in the order of products the layer picks for the shapes
+(`MultiHeadAttentionWithDownsampling.multiply_adds`).
 
 Run from the repository root:
     python benchmarks/decoder_profile.py --backend jax --threads 2
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
 
     import keras_sam
     from keras_sam._backend_compile import compile_inference
+    from keras_sam._backend_compile import fuse_elementwise
 
     decoder = keras_sam.SAMMaskDecoder(
         hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
@@ -54,6 +57,7 @@ def main(argv=None) -> int:
     up_mid = normal(b, 128, 128, c // 4)
     up_out = normal(b, 256, 256, c // 8)
     hyper = normal(b, 4, c // 8)  # (B, T, C/8)
+    bias_mid, bias_out = normal(c // 4), normal(c // 8)
     points = rng.uniform(0, 1024, (b, 2, 2)).astype("float32")
     labels = np.tile(np.array([[1, -1]], "int32"), (b, 1))
     blocks = decoder.transformer.layers
@@ -62,8 +66,27 @@ def main(argv=None) -> int:
     def proj(n_rows, n_in, n_out):
         return 2 * n_rows * n_in * n_out
 
-    # Per-prompt GFLOP of each part (7 tokens, internal width 128).
-    attn_small = 2 * proj(7, hw, 128)  # q k^T and A v with 7 queries
+    def attention(attn, nq, nk, bq, bk):
+        """Per-prompt FLOP of one attention call, in the product order
+        the layer picks for these shapes."""
+        if bk == 1 and bq != 1:  # shared keys: queries folded
+            nq, bq = nq * bq, 1
+        path = attn._cheapest_path(nq, nk, bq, bk)
+        return 2 * attn.multiply_adds(nq, nk, bq, bk)[path] / b
+
+    def block(layer, image_batch):
+        mlp = 2 * proj(7, c, layer.intermediate_dim)
+        return (
+            attention(layer.self_attention, 7, 7, b, b)
+            + attention(
+                layer.cross_attention_token_to_image, 7, hw, b, image_batch
+            )
+            + mlp
+            + attention(
+                layer.cross_attention_image_to_token, hw, 7, image_batch, b
+            )
+        )
+
     parts = [
         (
             "whole decoder (prompt encoder + decoder)",
@@ -77,13 +100,13 @@ def main(argv=None) -> int:
             "transformer block 1 (image side shared)",
             lambda q, k: blocks[0](q, k, q, pe_flat),
             (tokens, keys_1),
-            2 * attn_small + proj(hw, 128, c),
+            block(blocks[0], 1),
         ),
         (
             "transformer block 2",
             lambda q, k: blocks[1](q, k, q, pe_flat),
             (tokens, keys_b),
-            2 * proj(hw, c, 128) + 2 * attn_small + 2 * proj(hw, c, 128),
+            block(blocks[1], b),
         ),
         (
             "final token-to-image attention",
@@ -91,12 +114,14 @@ def main(argv=None) -> int:
                 q, k + pe_flat, k
             ),
             (tokens, keys_b),
-            2 * proj(hw, c, 128) + attn_small,
+            attention(
+                decoder.transformer.final_attention_token_to_image, 7, hw, b, b
+            ),
         ),
         (
-            "layer norm of the image tokens (one)",
-            lambda k: blocks[0].layer_norm4(k),
-            (keys_b,),
+            "residual + layer norm of the image tokens (one, as run)",
+            fuse_elementwise(lambda k, a: blocks[0].layer_norm4(k + a)),
+            (keys_b, keys_b),
             None,
         ),
         (
@@ -107,9 +132,21 @@ def main(argv=None) -> int:
             + proj(4 * hw, c // 4, 4 * c // 8)
             + proj(4, 16 * hw, c // 8),
         ),
-        ("  of which: layer norm (64 channels)", norm0, (up_mid,), None),
-        ("  of which: GELU (128x128x64)", act0, (up_mid,), None),
-        ("  of which: GELU (256x256x32)", act1, (up_out,), None),
+        (
+            "  of which: bias + layer norm + GELU (128x128x64, as run)",
+            fuse_elementwise(lambda x, bias: act0(norm0(x + bias))),
+            (up_mid, bias_mid),
+            None,
+        ),
+        (
+            "  of which: bias + GELU (256x256x32, as run)",
+            fuse_elementwise(lambda x, bias: act1(x + bias)),
+            (up_out, bias_out),
+            None,
+        ),
+        ("  of which: the same, op by op: layer norm", norm0, (up_mid,), None),
+        ("  ... GELU (128x128x64)", act0, (up_mid,), None),
+        ("  ... GELU (256x256x32)", act1, (up_out,), None),
     ]
 
     class Part(keras.layers.Layer):
@@ -136,8 +173,10 @@ def main(argv=None) -> int:
         rows, ("part", "ms / prompt", "GFLOP / prompt", "GFLOP/s")
     )
     text += (
-        f"\n\n{b} prompts per call. The image-side projections of block 1 "
-        "(0.81 GFLOP) run once per call, not per prompt."
+        f"\n\n{b} prompts per call. GFLOP are counted for the order of "
+        "products each attention picks for these shapes "
+        "(`MultiHeadAttentionWithDownsampling._cheapest_path`); block 1's "
+        "shared image-side projections are spread over the prompts."
     )
     _common.report(
         f"Mask decoder profile ({keras.backend.backend()})", text, args

@@ -10,8 +10,14 @@ ViT-B decoder (16 prompts, 1 thread) it halves the time per prompt (116 ->
 63 ms) but its first call compiles for about 50 s, and every new prompt
 count compiles again, which an interactive predictor or a one-image command
 never earns back. Arguments are NumPy arrays or None; shapes that change
-trigger a new trace, as usual. This is the only module of the library that
-imports a backend directly.
+trigger a new trace, as usual.
+
+`fuse_elementwise(fn)` runs a function of element-wise work (a residual
+addition and layer norm, a bias and activation) as one fused kernel on
+TensorFlow, whose graphs otherwise run such work op by op, a pass over
+memory each (exact GELU is five); see its docstring.
+
+This is the only module of the library that imports a backend directly.
 """
 
 import os
@@ -29,6 +35,23 @@ def compile_inference(layer, fn):
         return tf.function(fn, reduce_retracing=True)
     if backend == "torch":
         return _torch(fn)
+    return fn
+
+
+def fuse_elementwise(fn):
+    """`fn` as one fused kernel where that pays, else `fn` itself.
+
+    On TensorFlow: `tf.function(fn, jit_compile=True)`, an XLA cluster that
+    runs eagerly, inside other `tf.function`s and under a gradient tape
+    (measured, 1 thread: exact GELU of a 256x256x32 map 4.1-4.6 -> 1.9-2.0
+    ms, max difference 2.4e-7). JAX's `jit` fuses element-wise work by
+    itself and PyTorch runs eagerly, so there `fn` is returned unchanged.
+    Each new input shape compiles once.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, autograph=False)
     return fn
 
 

@@ -158,14 +158,30 @@ class MultiHeadAttentionWithDownsampling(keras.layers.Layer):
             + (self.out_proj,)
         ):
             return "standard"
+        costs = self.multiply_adds(
+            num_queries, num_keys, query_batch, key_batch
+        )
+        best = min(costs, key=costs.get)
+        # Keep the plain order unless the saving is clear.
+        if costs[best] > 0.75 * costs["standard"]:
+            return "standard"
+        return best
+
+    def multiply_adds(
+        self, num_queries: int, num_keys: int, query_batch=1, key_batch=1
+    ) -> dict[str, int]:
+        """Multiply-adds of one call in each product order (see
+        `_cheapest_path`), for queries `(query_batch, num_queries, C)` and
+        keys `(key_batch, num_keys, C)`; a batch of `None` counts one batch
+        element. Softmax and additions are not counted."""
         c, i, h = self.hidden_size, self.internal_dim, self.num_heads
         nq, nk = int(num_queries), int(num_keys)
         if query_batch is None or key_batch is None:
-            bq = bk = b = 1  # unknown: compare per batch element
+            bq = bk = b = 1
         else:
             bq, bk = int(query_batch), int(key_batch)
             b = max(bq, bk)
-        costs = {  # multiply-adds; a batch-1 side is projected once
+        return {  # a batch-1 side is projected once
             # q, k, v projections; scores and mix; output projection.
             "standard": (bq * nq + 2 * bk * nk) * c * i
             + b * (2 * nq * nk * i + nq * i * c),
@@ -174,11 +190,6 @@ class MultiHeadAttentionWithDownsampling(keras.layers.Layer):
             # q projection, q Wk^T, (.) Wv, out projection; scores, mix.
             "few_queries": bq * 4 * nq * c * i + b * 2 * nk * c * h * nq,
         }
-        best = min(costs, key=costs.get)
-        # Keep the plain order unless the saving is clear.
-        if costs[best] > 0.75 * costs["standard"]:
-            return "standard"
-        return best
 
     def _head_kernel(self, dense):
         """`(heads, d_head, C)` view of a `(C, internal_dim)` kernel."""

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sam._backend_compile import fuse_elementwise
 from keras_sam.layers import _checks
 from keras_sam.layers.mlp import MLP
 from keras_sam.layers.two_way_transformer import TwoWayTransformer
@@ -327,6 +328,15 @@ class SAMMaskDecoder(keras.layers.Layer):
             `(B, T, 4He, 4We)` mask logits.
         """
         deconv_0, norm_0, act_0, deconv_1, act_1 = self.output_upscaling.layers
+        if not hasattr(self, "_fused_upscaling"):
+            # Bias, norm and activation of each map in one pass over it.
+            fused = (
+                fuse_elementwise(lambda x, bias: act_0(norm_0(x + bias))),
+                fuse_elementwise(lambda x, bias: act_1(x + bias)),
+            )
+            # Plain attribute: not tracked (nor exported) as layer state.
+            object.__setattr__(self, "_fused_upscaling", fused)
+        norm_act_0, act_1_fused = self._fused_upscaling
         batch, he, we, c = shape
         dtype = source.dtype
 
@@ -340,12 +350,11 @@ class SAMMaskDecoder(keras.layers.Layer):
         kernel, c4 = as_matrix(deconv_0)
         x = ops.matmul(source, kernel)  # (B, He*We, 4 * C/4)
         x = ops.reshape(x, (batch, he * we, 4, c4))
-        x = x + ops.cast(deconv_0.bias, dtype)
-        x = act_0(norm_0(x))
+        x = norm_act_0(x, ops.cast(deconv_0.bias, dtype))
         kernel, c8 = as_matrix(deconv_1)
         x = ops.matmul(x, kernel)  # (B, He*We, 4, 4 * C/8)
         x = ops.reshape(x, (batch, he * we * 16, c8))
-        x = act_1(x + ops.cast(deconv_1.bias, dtype))  # (B, 16 He We, C/8)
+        x = act_1_fused(x, ops.cast(deconv_1.bias, dtype))  # (B, 16 He We, C/8)
         logits = ops.matmul(x, ops.transpose(hyper_in, (0, 2, 1)))
         t = self.num_mask_tokens
         # (B, i, j, a, b, c, d, T) -> (B, T, i, a, c, j, b, d)

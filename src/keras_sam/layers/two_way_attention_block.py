@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_sam._backend_compile import fuse_elementwise
 from keras_sam.layers import _checks
 from keras_sam.layers.attention import MultiHeadAttentionWithDownsampling
 from keras_sam.layers.mlp import MLP
@@ -138,8 +139,14 @@ class TwoWayAttentionBlock(keras.layers.Layer):
         queries = self.layer_norm3(queries + self.mlp_block(queries))
 
         q = queries + query_pe
-        keys = keys + self.cross_attention_image_to_token(k, q, queries)
-        keys = self.layer_norm4(keys)
+        if not hasattr(self, "_fused_add_norm4"):
+            # Residual and norm of the image tokens in one pass over them.
+            fused = fuse_elementwise(lambda x, y: self.layer_norm4(x + y))
+            # Plain attribute: not tracked (nor exported) as layer state.
+            object.__setattr__(self, "_fused_add_norm4", fused)
+        keys = self._fused_add_norm4(
+            keys, self.cross_attention_image_to_token(k, q, queries)
+        )
         return queries, keys
 
     def compute_output_shape(
