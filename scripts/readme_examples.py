@@ -89,6 +89,8 @@ def main(argv=None) -> int:
         log,
         env,
     )
+    # `auto` skips images already done: start from an empty folder.
+    shutil.rmtree(out / "auto", ignore_errors=True)
     _run(
         # The small model's predicted IoUs and stabilities stay below the
         # official thresholds (0.88, 0.95): it keeps no mask with them.
