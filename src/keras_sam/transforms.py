@@ -169,12 +169,15 @@ def postprocess_masks(
     dtype = np.float32 if threshold is None else bool
     out = np.empty(logits.shape[:-2] + (height, width), dtype)
 
+    # Columns first, on the h low-res rows: the pass over the large output
+    # then gathers whole contiguous rows (three per output row for SAM).
+    columns = _apply_axis(logits, *x_map, axis=-1)  # (..., h, W)
+
     def block(start: int) -> None:
         stop = min(start + _ROWS_PER_BLOCK, height)
-        rows = _apply_axis(
-            logits, y_index[start:stop], y_weight[start:stop], axis=-2
-        )  # (..., rows, w)
-        values = _apply_axis(rows, *x_map, axis=-1)  # (..., rows, W)
+        values = _apply_axis(
+            columns, y_index[start:stop], y_weight[start:stop], axis=-2
+        )  # (..., rows, W)
         if threshold is None:
             out[..., start:stop, :] = values
         else:
