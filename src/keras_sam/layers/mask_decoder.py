@@ -1,5 +1,7 @@
 """SAM's mask decoder: image and prompt embeddings to masks and IoU scores."""
 
+import functools
+
 import keras
 from keras import ops
 
@@ -307,6 +309,18 @@ class SAMMaskDecoder(keras.layers.Layer):
         iou_pred = self.iou_prediction_head(iou_token_out)  # (B, T)
         return {"masks": masks, "iou_pred": iou_pred}
 
+    @functools.cached_property
+    def _fused_upscaling(self):
+        """Bias + norm + activation of the first upscaled map, and bias +
+        activation of the second, each one pass over the map
+        (`fuse_elementwise`). A cached property writes the instance dict
+        directly, so the functions are not tracked as layer state."""
+        _, norm_0, act_0, _, act_1 = self.output_upscaling.layers
+        return (
+            fuse_elementwise(lambda x, bias: act_0(norm_0(x + bias))),
+            fuse_elementwise(lambda x, bias: act_1(x + bias)),
+        )
+
     def _upscale_and_predict(self, source, hyper_in, shape):
         """`output_upscaling`, then each mask token's dot product with every
         pixel, computed per embedding cell.
@@ -327,16 +341,8 @@ class SAMMaskDecoder(keras.layers.Layer):
         Returns:
             `(B, T, 4He, 4We)` mask logits.
         """
-        deconv_0, norm_0, act_0, deconv_1, act_1 = self.output_upscaling.layers
-        if not hasattr(self, "_fused_upscaling"):
-            # Bias, norm and activation of each map in one pass over it.
-            fused = (
-                fuse_elementwise(lambda x, bias: act_0(norm_0(x + bias))),
-                fuse_elementwise(lambda x, bias: act_1(x + bias)),
-            )
-            # Plain attribute: not tracked (nor exported) as layer state.
-            object.__setattr__(self, "_fused_upscaling", fused)
-        norm_act_0, act_1_fused = self._fused_upscaling
+        deconv_0, _, _, deconv_1, _ = self.output_upscaling.layers
+        norm_act_0, act_1 = self._fused_upscaling
         batch, he, we, c = shape
         dtype = source.dtype
 
@@ -354,7 +360,7 @@ class SAMMaskDecoder(keras.layers.Layer):
         kernel, c8 = as_matrix(deconv_1)
         x = ops.matmul(x, kernel)  # (B, He*We, 4, 4 * C/8)
         x = ops.reshape(x, (batch, he * we * 16, c8))
-        x = act_1_fused(x, ops.cast(deconv_1.bias, dtype))  # (B, 16 He We, C/8)
+        x = act_1(x, ops.cast(deconv_1.bias, dtype))  # (B, 16 He We, C/8)
         logits = ops.matmul(x, ops.transpose(hyper_in, (0, 2, 1)))
         t = self.num_mask_tokens
         # (B, i, j, a, b, c, d, T) -> (B, T, i, a, c, j, b, d)

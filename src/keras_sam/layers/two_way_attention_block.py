@@ -1,5 +1,7 @@
 """One block of SAM's two-way transformer."""
 
+import functools
+
 import keras
 
 from keras_sam._backend_compile import fuse_elementwise
@@ -139,15 +141,17 @@ class TwoWayAttentionBlock(keras.layers.Layer):
         queries = self.layer_norm3(queries + self.mlp_block(queries))
 
         q = queries + query_pe
-        if not hasattr(self, "_fused_add_norm4"):
-            # Residual and norm of the image tokens in one pass over them.
-            fused = fuse_elementwise(lambda x, y: self.layer_norm4(x + y))
-            # Plain attribute: not tracked (nor exported) as layer state.
-            object.__setattr__(self, "_fused_add_norm4", fused)
         keys = self._fused_add_norm4(
             keys, self.cross_attention_image_to_token(k, q, queries)
         )
         return queries, keys
+
+    @functools.cached_property
+    def _fused_add_norm4(self):
+        """Residual and norm of the image tokens in one pass over them
+        (`fuse_elementwise`). A cached property writes the instance dict
+        directly, so the function is not tracked as layer state."""
+        return fuse_elementwise(lambda x, y: self.layer_norm4(x + y))
 
     def compute_output_shape(
         self, queries_shape, keys_shape, query_pe_shape=None, key_pe_shape=None
