@@ -5,7 +5,7 @@ The public names below are imported lazily (PEP 562), so that importing
 before `--backend` has chosen the backend.
 """
 
-import importlib
+from keras_sam._lazy import exports
 
 __version__ = "0.1.0"
 
@@ -28,14 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'keras_sam' has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    value = module if module.__name__.endswith(name) else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = exports(__name__, _EXPORTS, globals())

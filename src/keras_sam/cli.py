@@ -593,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     # torch's OpenMP threads otherwise spin while NumPy works (2-core CPU:
     # the automatic mask generator ran 3x slower under the torch backend).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # TensorFlow's C++ info/warning lines (XLA cluster compilation, Grappler
+    # cost estimates) are not for a command's user; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     commands = {
         "auto": _auto,
         "segment": _segment,

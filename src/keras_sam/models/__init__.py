@@ -1,7 +1,17 @@
-"""Keras models of the Segment Anything Model."""
+"""Keras models of the Segment Anything Model.
 
-from keras_sam.models.image_encoder import SAMImageEncoder
-from keras_sam.models.presets import PRESETS
-from keras_sam.models.sam import SAM
+Public names are imported on first access (see `keras_sam._lazy`): the
+command line reads `keras_sam.models.presets` before Keras is imported.
+"""
 
-__all__ = ["PRESETS", "SAM", "SAMImageEncoder"]
+from keras_sam._lazy import exports
+
+_EXPORTS = {
+    "PRESETS": "keras_sam.models.presets",
+    "SAM": "keras_sam.models.sam",
+    "SAMImageEncoder": "keras_sam.models.image_encoder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = exports(__name__, _EXPORTS, globals())
