@@ -19,9 +19,12 @@ from tests.reference import official
 SCRIPT = str(Path(sys.executable).with_name("keras-sam"))
 
 
-def run(*args, timeout=300):
-    env = dict(os.environ)
-    env.setdefault("KERAS_BACKEND", "jax")
+def run(*args, timeout=300, unset=()):
+    """The console script with `args`; `$KERAS_BACKEND` defaults to jax
+    unless it is among the environment variables `unset`."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    if "KERAS_BACKEND" not in unset:
+        env.setdefault("KERAS_BACKEND", "jax")
     return subprocess.run(
         [SCRIPT, *map(str, args)],
         capture_output=True,
@@ -268,15 +271,8 @@ def test_default_backend_is_the_fastest_installed(monkeypatch):
 
 
 def test_without_backend_the_command_uses_the_default(tmp_path):
-    unset = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    result = subprocess.run(
-        [SCRIPT, "demo", "-o", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        stdin=subprocess.DEVNULL,
+    result = run(
+        "demo", "-o", tmp_path, unset=("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
     )
     assert result.returncode == 0, result.stderr
     assert "backend: tensorflow" in result.stderr
@@ -289,14 +285,8 @@ def test_without_backend_the_command_uses_the_default(tmp_path):
 def test_backend_flag_chooses_the_backend(tmp_path):
     """`--backend` takes effect: building the parser (which lists the
     presets) imports no Keras."""
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    result = subprocess.run(
-        [SCRIPT, "--backend", "jax", "demo", "-o", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        stdin=subprocess.DEVNULL,
+    result = run(
+        "--backend", "jax", "demo", "-o", tmp_path, unset=("KERAS_BACKEND",)
     )
     assert result.returncode == 0, result.stderr
     assert "backend: jax" in result.stderr
@@ -307,7 +297,7 @@ def test_backend_flag_chooses_the_backend(tmp_path):
             "import sys, keras_sam.models.presets, keras_sam.cli; "
             "sys.exit('keras' in sys.modules)",
         ],
-        env=env,
+        env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"},
         timeout=120,
     )
     assert probe.returncode == 0
