@@ -271,3 +271,29 @@ def test_several_prompts_per_image_match_one_by_one():
             )
     with pytest.raises(ValueError, match="one prompt per image"):
         model({"images": images, "points": points, "labels": labels[:, 0]})
+
+
+def test_models_package_names_and_submodules_load_on_access():
+    """`keras_sam.models` imports lazily (the CLI lists presets before
+    Keras is imported), yet its names and submodules resolve as attributes,
+    as when it imported them eagerly."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, keras_sam\n"
+        "assert 'keras_sam.models.sam' not in sys.modules\n"
+        "assert callable(keras_sam.models.sam.decode_prompts)\n"
+        "assert keras_sam.models.SAM is keras_sam.models.sam.SAM\n"
+        "assert 'sam_shapes' in keras_sam.models.PRESETS\n"
+        "try:\n"
+        "    keras_sam.models.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
