@@ -33,7 +33,6 @@ def main(argv=None) -> int:
 
     import keras_sam
     from keras_sam._backend_compile import compile_inference
-    from keras_sam._backend_compile import fuse_elementwise
 
     decoder = keras_sam.SAMMaskDecoder(
         hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
         ),
         (
             "residual + layer norm of the image tokens (one, as run)",
-            fuse_elementwise(lambda k, a: blocks[0].layer_norm4(k + a)),
+            blocks[0]._fused_add_norm4,
             (keys_b, keys_b),
             None,
         ),
@@ -134,13 +133,13 @@ def main(argv=None) -> int:
         ),
         (
             "  of which: bias + layer norm + GELU (128x128x64, as run)",
-            fuse_elementwise(lambda x, bias: act0(norm0(x + bias))),
+            decoder._fused_upscaling[0],
             (up_mid, bias_mid),
             None,
         ),
         (
             "  of which: bias + GELU (256x256x32, as run)",
-            fuse_elementwise(lambda x, bias: act1(x + bias)),
+            decoder._fused_upscaling[1],
             (up_out, bias_out),
             None,
         ),
