@@ -253,6 +253,23 @@ def resample_state(state: dict, model) -> dict[str, np.ndarray]:
     return out
 
 
+def freeze_all_but_iou_head(model) -> None:
+    """Make only `model.mask_decoder.iou_prediction_head` trainable.
+
+    Keras collects a model's trainable variables by their own `trainable`
+    flags: freezing the decoder clears every flag below it, then the head's
+    flags are set again.
+    """
+    model.image_encoder.trainable = False
+    model.prompt_encoder.trainable = False
+    model.mask_decoder.trainable = False
+    head = model.mask_decoder.iou_prediction_head
+    head.trainable = True
+    trainable = {id(v) for v in model.trainable_variables}
+    if not trainable or trainable != {id(v) for v in head.variables}:
+        raise RuntimeError("Could not freeze all but the IoU head")
+
+
 class _FromStep(keras.utils.PyDataset):
     """Batches `start, start + 1, ...` of `data`: resuming keeps the order."""
 
@@ -379,6 +396,14 @@ def parse_args(argv=None):
         "the evaluation ranks the three by predicted IoU)",
     )
     parser.add_argument(
+        "--train-only",
+        choices=("all", "iou_head"),
+        default="all",
+        help="iou_head: train only the mask decoder's IoU prediction head "
+        "(everything else frozen; a short stage that re-fits the scores "
+        "that rank the three masks of a click)",
+    )
+    parser.add_argument(
         "--export-dtype",
         choices=("float32", "float16"),
         default="float16",
@@ -454,6 +479,8 @@ def main(argv=None) -> int:
             strict=True,
         ):
             v.assign(value.astype(v.dtype))
+    if args.train_only == "iou_head":
+        freeze_all_but_iou_head(model)
     warmup = min(args.warmup_steps, args.steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
@@ -540,6 +567,7 @@ def main(argv=None) -> int:
         "weights_dtype": args.export_dtype,
         "loss": args.loss,
         "supervise_all_iou": args.supervise_all_iou,
+        "train_only": args.train_only,
         "config": config,
     }
     (output / "sam_shapes.json").write_text(json.dumps(record, indent=2))

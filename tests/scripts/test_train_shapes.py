@@ -1,4 +1,5 @@
-"""`scripts/train_shapes.py`: moving weights to a finer patch size."""
+"""`scripts/train_shapes.py`: moving weights to a finer patch size, training
+only the IoU head."""
 
 import importlib.util
 from pathlib import Path
@@ -83,3 +84,38 @@ def test_resample_state_names_what_it_cannot_fit(train_shapes):
     del state[missing]
     with pytest.raises(ValueError, match="not in the initial weights"):
         train_shapes.resample_state(state, model)
+
+
+def test_train_only_the_iou_head(train_shapes):
+    """`--train-only iou_head`: a fit() step moves the IoU head's weights
+    and no other."""
+    import keras
+
+    from keras_sam.datasets import ShapesDataset
+    from keras_sam.losses import SAMLoss
+
+    keras.utils.set_random_seed(0)
+    config = train_shapes.model_config(hidden_size=32, num_layers=1)
+    model = train_shapes.build_model(config, train_shapes._RecipeSAM)
+    model.supervise_all_iou = True
+    train_shapes.freeze_all_but_iou_head(model)
+    before = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SAMLoss())
+    data = ShapesDataset(
+        2,
+        2,
+        0,
+        image_size=(256, 256),
+        prompt="mixed",
+        input_size=256,
+        mask_size=64,
+        prompts_per_image=2,
+    )
+    model.fit(data, epochs=1, shuffle=False, verbose=0)
+    changed = {
+        v.path
+        for v in model.weights
+        if not np.array_equal(keras.ops.convert_to_numpy(v), before[v.path])
+    }
+    head = model.mask_decoder.iou_prediction_head
+    assert changed == {v.path for v in head.weights}
