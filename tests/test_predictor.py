@@ -155,10 +155,10 @@ def test_predict_batch_of_boxes_matches_official(pair):
         )
     masks, scores, low = ours.predict_batch(boxes=boxes)
     helpers.assert_close(
-        low, official.to_numpy(ref_low), helpers.PREDICTOR_RTOL
+        low, official.to_numpy(ref_low), helpers.PREDICTOR_RTOL, "low"
     )
     helpers.assert_close(
-        scores, official.to_numpy(ref_scores), helpers.PREDICTOR_RTOL
+        scores, official.to_numpy(ref_scores), helpers.PREDICTOR_RTOL, "scores"
     )
     ref_logits = official.to_numpy(ref_logits)
     differ = masks != (ref_logits > 0)
