@@ -253,6 +253,17 @@ def resample_state(state: dict, model) -> dict[str, np.ndarray]:
     return out
 
 
+def freeze(model, train_only: str) -> None:
+    """`--train-only`: "all" (nothing frozen), "decoder" (the image encoder
+    frozen) or "iou_head" (`freeze_all_but_iou_head`)."""
+    if train_only == "decoder":
+        model.image_encoder.trainable = False
+    elif train_only == "iou_head":
+        freeze_all_but_iou_head(model)
+    elif train_only != "all":
+        raise ValueError(f"Unknown train_only {train_only!r}")
+
+
 def freeze_all_but_iou_head(model) -> None:
     """Make only `model.mask_decoder.iou_prediction_head` trainable.
 
@@ -397,11 +408,11 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--train-only",
-        choices=("all", "iou_head"),
+        choices=("all", "decoder", "iou_head"),
         default="all",
-        help="iou_head: train only the mask decoder's IoU prediction head "
-        "(everything else frozen; a short stage that re-fits the scores "
-        "that rank the three masks of a click)",
+        help="decoder: freeze the image encoder; iou_head: train only the "
+        "mask decoder's IoU prediction head (everything else frozen; a short "
+        "stage that re-fits the scores that rank the three masks of a click)",
     )
     parser.add_argument(
         "--export-dtype",
@@ -479,8 +490,7 @@ def main(argv=None) -> int:
             strict=True,
         ):
             v.assign(value.astype(v.dtype))
-    if args.train_only == "iou_head":
-        freeze_all_but_iou_head(model)
+    freeze(model, args.train_only)
     warmup = min(args.warmup_steps, args.steps - 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,

@@ -1,22 +1,19 @@
 """`scripts/faithfulness_table.py`: rows point at tests that exist, and the
 table takes the worst comparison of each row's tests."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
+from tests import helpers
+
 ROOT = Path(__file__).parents[2]
-SCRIPT = ROOT / "scripts" / "faithfulness_table.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("faithfulness_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script("faithfulness_table")
 
 
 def test_every_row_names_existing_tests(script):

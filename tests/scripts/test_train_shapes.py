@@ -1,21 +1,15 @@
 """`scripts/train_shapes.py`: moving weights to a finer patch size, training
 only the IoU head."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "train_shapes.py"
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def train_shapes():
-    spec = importlib.util.spec_from_file_location("train_shapes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script("train_shapes")
 
 
 def _state(model, seed):
@@ -86,9 +80,10 @@ def test_resample_state_names_what_it_cannot_fit(train_shapes):
         train_shapes.resample_state(state, model)
 
 
-def test_train_only_the_iou_head(train_shapes):
-    """`--train-only iou_head`: a fit() step moves the IoU head's weights
-    and no other."""
+@pytest.mark.parametrize("train_only", ["iou_head", "decoder"])
+def test_train_only_part_of_the_model(train_shapes, train_only):
+    """`--train-only`: a fit() step moves the IoU head's weights and no
+    other ("iou_head"), or no weight of the image encoder ("decoder")."""
     import keras
 
     from keras_sam.datasets import ShapesDataset
@@ -98,7 +93,7 @@ def test_train_only_the_iou_head(train_shapes):
     config = train_shapes.model_config(hidden_size=32, num_layers=1)
     model = train_shapes.build_model(config, train_shapes._RecipeSAM)
     model.supervise_all_iou = True
-    train_shapes.freeze_all_but_iou_head(model)
+    train_shapes.freeze(model, train_only)
     before = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SAMLoss())
     data = ShapesDataset(
@@ -117,5 +112,11 @@ def test_train_only_the_iou_head(train_shapes):
         for v in model.weights
         if not np.array_equal(keras.ops.convert_to_numpy(v), before[v.path])
     }
-    head = model.mask_decoder.iou_prediction_head
-    assert changed == {v.path for v in head.weights}
+    head = {v.path for v in model.mask_decoder.iou_prediction_head.weights}
+    if train_only == "iou_head":
+        assert changed == head
+    else:
+        encoder = {v.path for v in model.image_encoder.weights}
+        decoder = {v.path for v in model.mask_decoder.weights}
+        assert not changed & encoder
+        assert head < changed and len(changed & decoder) > len(head)
