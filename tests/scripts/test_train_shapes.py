@@ -1,5 +1,5 @@
 """`scripts/train_shapes.py`: moving weights to a finer patch size, training
-only the IoU head."""
+part of the model (`--train-only`)."""
 
 import numpy as np
 import pytest
