@@ -15,13 +15,16 @@ receives (each file replaced atomically):
 - `checkpoint.weights.h5`: the model weights (`model.save_weights`);
 - `checkpoint.optimizer.npz`: the optimizer variables, `arr_<i>` in the
   order of `optimizer.variables` (its step counter, hence the learning-rate
-  schedule, included);
+  schedule, included), then the refinement clicks' seed state;
 - `checkpoint.json`: `{"step": <steps done>, "losses": [per-step training
   loss], "wall_time_s": <training seconds, summed over resumed runs>}`.
 
 `--stop-at S` checkpoints and exits after step `S`; `--resume` then goes on
-from there, bit-identical (measured: max |difference| 0.0 over all weights
-against an uninterrupted 6-step run on JAX CPU).
+from there, bit-identical: `tests/scripts/test_train_shapes.py` checks on
+each backend that two runs with the same seed and steps, and a run stopped
+and resumed, end with the same weights. The random state of the refinement
+clicks (`--refinement-iterations`, see `SAM.compile`) is seeded from
+`--seed` and saved in `checkpoint.optimizer.npz`.
 
 At the end it writes `sam_shapes.weights.h5` (Keras weights),
 `sam_shapes.safetensors` and `sam_shapes.json`. The safetensors file maps
@@ -105,21 +108,22 @@ def model_config(
 
 
 class _RecipeSAM(SAM):
-    """SAM with the official supervision: a box prompt (labels 2, 3) trains
-    the single-mask output (index 0); a point prompt trains the best of the
-    three multimask outputs (the minimum loss), as SAM's training. Plain
+    """SAM with the official supervision: an ambiguous prompt (one click,
+    nothing else) trains the best of the three multimask outputs (the
+    minimum loss); any other prompt (a box, several clicks of a refinement
+    round) the single-mask output (index 0), as SAM's training. Plain
     `SAMLoss` takes the minimum over all four, which leaves output 0 (the
     one `multimask_output=False` returns) nearly untrained."""
 
     supervise_all_iou = False
 
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
+    def prompt_loss(self, x, y, outputs, sample_weight=None):
         from keras import ops
 
+        from keras_sam.refinement import is_ambiguous
+
         # (B, [K,] T, H, W) masks, (B, [K,] T) IoUs; T on axis -3 / -1.
-        masks, iou_pred = y_pred["masks"], y_pred["iou_pred"]
+        masks, iou_pred = outputs["masks"], outputs["iou_pred"]
         single = SAMLoss(multimask_min=False, reduction=None)(
             y, {"masks": masks[..., :1, :, :], "iou_pred": iou_pred[..., :1]}
         )  # (B, [K])
@@ -128,8 +132,10 @@ class _RecipeSAM(SAM):
         )(
             y, {"masks": masks[..., 1:, :, :], "iou_pred": iou_pred[..., 1:]}
         )  # (B, [K])
-        is_box = ops.cast(ops.equal(x["labels"][..., 0], 2), single.dtype)
-        return ops.mean(is_box * single + (1.0 - is_box) * multi)
+        ambiguous = ops.cast(
+            is_ambiguous(x["labels"], "boxes" in x), single.dtype
+        )
+        return ops.mean(ambiguous * multi + (1.0 - ambiguous) * single)
 
 
 def build_model(config: dict, cls=SAM) -> SAM:
@@ -304,10 +310,16 @@ def _replace(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _seed_state(model):
+    return model.refinement_seed_generator.state
+
+
 def save_checkpoint(model, output: Path, progress: dict) -> None:
     """Weights, optimizer state and `progress` (step, losses, wall time)."""
     _replace(output / "checkpoint.weights.h5", model.save_weights)
     arrays = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    # The refinement clicks' random state (not a weight: not in the .h5).
+    arrays.append(keras.ops.convert_to_numpy(_seed_state(model)))
     _replace(
         output / "checkpoint.optimizer.npz",
         lambda p: np.savez(p, *arrays),
@@ -325,6 +337,8 @@ def load_checkpoint(model, output: Path) -> dict:
     model.optimizer.build(model.trainable_variables)
     with np.load(output / "checkpoint.optimizer.npz") as f:
         arrays = [f[f"arr_{i}"] for i in range(len(f.files))]
+    if len(arrays) == len(model.optimizer.variables) + 1:
+        _seed_state(model).assign(arrays.pop())
     if len(arrays) != len(model.optimizer.variables):
         raise ValueError("Optimizer state does not match the model")
     for v, a in zip(model.optimizer.variables, arrays, strict=True):
@@ -415,6 +429,21 @@ def parse_args(argv=None):
         "stage that re-fits the scores that rank the three masks of a click)",
     )
     parser.add_argument(
+        "--refinement-iterations",
+        type=int,
+        default=0,
+        help="correction-click rounds per prompt (SAM's interactive "
+        "training, see SAM.compile); 0: the data's prompt only",
+    )
+    parser.add_argument(
+        "--box-noise",
+        type=float,
+        default=0.1,
+        help="standard deviation of the training boxes' jitter, as a "
+        "fraction of the box side (0.1: SAM's; the evaluation's boxes are "
+        "tight)",
+    )
+    parser.add_argument(
         "--export-dtype",
         choices=("float32", "float16"),
         default="float16",
@@ -444,6 +473,13 @@ def parse_args(argv=None):
             f"--seed must be in [0, {EVALUATION_SEED}) (the evaluation "
             f"seed is {EVALUATION_SEED}). Received: {args.seed}"
         )
+    if args.refinement_iterations < 0:
+        parser.error(
+            "--refinement-iterations must be >= 0. Received: "
+            f"{args.refinement_iterations}"
+        )
+    if args.box_noise < 0:
+        parser.error(f"--box-noise must be >= 0. Received: {args.box_noise}")
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
     return args
@@ -504,6 +540,13 @@ def main(argv=None) -> int:
             schedule, weight_decay=args.weight_decay, clipnorm=1.0
         ),
         loss=SAMLoss(),
+        refinement_iterations=args.refinement_iterations,
+    )
+    _seed_state(model).assign(
+        np.array(
+            [args.seed, 0],
+            keras.backend.standardize_dtype(_seed_state(model).dtype),
+        )
     )
     progress = {"step": 0, "losses": [], "wall_time_s": 0.0}
     if args.resume and (output / "checkpoint.json").exists():
@@ -519,6 +562,7 @@ def main(argv=None) -> int:
         prompt="mixed",
         input_size=IMAGE_SIZE,
         mask_size=4 * grid,
+        box_noise=args.box_noise,
         prompts_per_image=(
             None if args.prompts_per_image == 1 else args.prompts_per_image
         ),
@@ -578,6 +622,8 @@ def main(argv=None) -> int:
         "loss": args.loss,
         "supervise_all_iou": args.supervise_all_iou,
         "train_only": args.train_only,
+        "box_noise": args.box_noise,
+        "refinement_iterations": args.refinement_iterations,
         "config": config,
     }
     (output / "sam_shapes.json").write_text(json.dumps(record, indent=2))

@@ -1,6 +1,8 @@
 """`scripts/train_shapes.py`: moving weights to a finer patch size, training
 part of the model (`--train-only`)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,43 @@ def test_train_only_part_of_the_model(train_shapes, train_only):
         decoder = {v.path for v in model.mask_decoder.weights}
         assert not changed & encoder
         assert head < changed and len(changed & decoder) > len(head)
+
+
+def _run(train_shapes, output, *extra):
+    args = [
+        "--steps", "4", "--batch-size", "1", "--prompts-per-image", "2",
+        "--hidden-size", "32", "--num-layers", "1", "--patch-size", "16",
+        "--seed", "3", "--warmup-steps", "1", "--checkpoint-every", "1",
+        "--refinement-iterations", "1", "--export-dtype", "float32",
+        "--output", str(output), *extra,
+    ]  # fmt: skip
+    assert train_shapes.main(args) == 0
+
+
+def _weights(output):
+    from keras_sam.convert.checkpoint import read_state_dict
+
+    return read_state_dict(output / "sam_shapes.safetensors")
+
+
+def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
+    """Same seed and steps, same weights; a run stopped after step 2 and
+    resumed ends with the weights of the uninterrupted run (the refinement
+    clicks' random state travels in the checkpoint)."""
+    _run(train_shapes, tmp_path / "a")
+    _run(train_shapes, tmp_path / "b")
+    _run(train_shapes, tmp_path / "c", "--stop-at", "2")
+    assert not (tmp_path / "c" / "sam_shapes.safetensors").exists()
+    _run(train_shapes, tmp_path / "c", "--resume")
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert list(a) == list(b) == list(c)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        np.testing.assert_array_equal(a[name], c[name], err_msg=name)
+    records = [
+        json.loads((tmp_path / n / "sam_shapes.json").read_text()) for n in "ac"
+    ]
+    assert [r["resumed_from_step"] for r in records] == [0, 2]
+    assert all(r["refinement_iterations"] == 1 for r in records)
+    losses = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
+    assert len(losses["losses"]) == 4

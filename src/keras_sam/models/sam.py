@@ -54,6 +54,11 @@ def decode_prompts(
 _PROMPT_RANKS = {"points": 3, "labels": 2, "boxes": 4, "masks": 5}
 
 
+def _prompts(inputs: dict) -> dict:
+    """The prompt tensors of a model input dict (all but `images`)."""
+    return {k: v for k, v in inputs.items() if k != "images" and v is not None}
+
+
 def _prompts_per_image(prompts: dict) -> int | None:
     """None (one prompt per image) or `K` of `(B, K, ...)` prompt tensors."""
     extra = {
@@ -109,7 +114,9 @@ class SAM(keras.Model):
     Returns:
         dict with `"masks"` `(B, 1 + n, 4He, 4We)` logits and `"iou_pred"`
         `(B, 1 + n)`; with `K` prompts per image `(B, K, 1 + n, 4He, 4We)`
-        and `(B, K, 1 + n)`.
+        and `(B, K, 1 + n)`. In training with `refinement_iterations > 0`
+        (see `compile`) the dict also carries `"image_embeddings"` `(B, He,
+        We, C)`, which the refinement rounds of `compute_loss` decode on.
 
     Example:
     >>> model = keras_sam.SAM.from_preset("sam_vit_b")  # doctest: +SKIP
@@ -158,6 +165,9 @@ class SAM(keras.Model):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        # Training only (see `compile`): the correction clicks' randomness.
+        self.refinement_iterations = 0
+        self.refinement_seed_generator = keras.random.SeedGenerator(0)
 
     def build(self, input_shape=None):
         for layer in (
@@ -205,41 +215,144 @@ class SAM(keras.Model):
             cache[method] = compile_inference(self, getattr(self, method))
         return cache[method]
 
-    def call(self, inputs):
-        embeddings = self.encode_image(inputs["images"])
-        prompts = {
-            k: v for k, v in inputs.items() if k != "images" and v is not None
-        }
+    def call(self, inputs, training=None):
+        image_embeddings = self.encode_image(inputs["images"])
+        prompts = _prompts(inputs)
         per_image = _prompts_per_image(prompts)
         if per_image is None:
-            return self.decode(embeddings, **prompts)
-        # (B, K, ...) prompts -> (B * K, ...); image b serves rows b*K..
-        flat = {
-            k: ops.reshape(v, (-1, *v.shape[2:])) for k, v in prompts.items()
-        }
-        embeddings = ops.repeat(embeddings, per_image, axis=0)
-        outputs = self.decode(embeddings, **flat)
-        return {
-            k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
-            for k, v in outputs.items()
-        }
+            outputs = self.decode(image_embeddings, **prompts)
+        else:
+            # (B, K, ...) prompts -> (B * K, ...); image b serves rows b*K..
+            flat = {
+                k: ops.reshape(v, (-1, *v.shape[2:]))
+                for k, v in prompts.items()
+            }
+            embeddings = ops.repeat(image_embeddings, per_image, axis=0)
+            outputs = {
+                k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
+                for k, v in self.decode(embeddings, **flat).items()
+            }
+        if training and self.refinement_iterations:
+            outputs["image_embeddings"] = image_embeddings
+        return outputs
+
+    def compile(self, *args, refinement_iterations=0, **kwargs):
+        """`keras.Model.compile`, plus SAM's interactive training.
+
+        Args:
+            *args, **kwargs: as `keras.Model.compile`.
+            refinement_iterations: int >= 0. With `n > 0` (and
+                `loss=keras_sam.losses.SAMLoss()`), each training example
+                is decoded `1 + n` times on the same image embedding: after
+                the data's prompt, each round adds one correction click
+                drawn uniformly from the error region of the previous
+                round's mask and feeds that mask's logits back as the
+                `masks` prompt (SAM's training, appendix A; see
+                `keras_sam.refinement`). The loss is the mean over the
+                rounds. The clicks' randomness comes from
+                `refinement_seed_generator` (seed 0 unless re-seeded).
+        """
+        from keras_sam.losses import SAMLoss
+
+        if (
+            isinstance(refinement_iterations, bool)
+            or int(refinement_iterations) != refinement_iterations
+            or refinement_iterations < 0
+        ):
+            raise ValueError(
+                "`refinement_iterations` must be an int >= 0. Received: "
+                f"refinement_iterations={refinement_iterations!r}"
+            )
+        super().compile(*args, **kwargs)
+        if refinement_iterations and not isinstance(self.loss, SAMLoss):
+            raise ValueError(
+                "`refinement_iterations` needs `loss=keras_sam.losses."
+                f"SAMLoss()`. Received: loss={self.loss!r}"
+            )
+        self.refinement_iterations = int(refinement_iterations)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         """`keras_sam.losses.SAMLoss` needs the whole output dict (the IoU
         target depends on the predicted masks); other losses go the usual
-        per-output way."""
+        per-output way. With refinement rounds (see `compile`), the mean
+        of the rounds' losses."""
         from keras_sam.losses import SAMLoss
 
         if not isinstance(self.loss, SAMLoss):
             return super().compute_loss(
                 x, y, y_pred, sample_weight, training=training
             )
-        loss = self.loss(y, y_pred, sample_weight)
+        outputs = {k: y_pred[k] for k in ("masks", "iou_pred")}
+        loss = self.prompt_loss(x, y, outputs, sample_weight)
+        if "image_embeddings" in y_pred and self.refinement_iterations:
+            losses = self._refinement_losses(
+                x, y, outputs, y_pred["image_embeddings"], sample_weight
+            )
+            loss = (loss + sum(losses)) / (1 + len(losses))
         for extra in self.losses:
             loss = loss + keras.ops.cast(keras.ops.sum(extra), loss.dtype)
         return loss
+
+    def prompt_loss(self, x, y, outputs, sample_weight=None):
+        """The compiled `SAMLoss` of one round's `outputs` for the prompts
+        of `x`; subclasses may supervise per prompt kind."""
+        return self.loss(y, outputs, sample_weight)
+
+    def _refinement_losses(self, x, y, outputs, image_embeddings, weight):
+        """The losses of `refinement_iterations` correction rounds."""
+        from keras_sam import refinement
+
+        prompts = _prompts(x)
+        per_image = _prompts_per_image(prompts)
+        flat = lambda v, rank: ops.reshape(v, (-1, *v.shape[-rank:]))  # noqa: E731
+        if per_image is not None:
+            image_embeddings = ops.repeat(image_embeddings, per_image, axis=0)
+        prompts = {k: flat(v, _PROMPT_RANKS[k] - 1) for k, v in prompts.items()}
+        targets = flat(y, 2)  # (B', h, w): y is (B, [K,] [1,] h, w)
+        masks = flat(outputs["masks"], 3)
+        iou_pred = flat(outputs["iou_pred"], 1)
+        size = self.prompt_encoder.input_image_size
+        has_boxes = "boxes" in prompts
+        if "labels" not in prompts:
+            prompts["points"] = ops.zeros((ops.shape(masks)[0], 0, 2))
+            prompts["labels"] = ops.zeros((ops.shape(masks)[0], 0), "int32")
+        losses = []
+        for _ in range(self.refinement_iterations):
+            labels = prompts["labels"]
+            previous = ops.stop_gradient(
+                refinement.chosen_mask(
+                    masks,
+                    iou_pred,
+                    refinement.is_ambiguous(labels, has_boxes),
+                )
+            )  # (B', h, w)
+            points, new_labels = refinement.sample_correction_points(
+                previous, targets, size, self.refinement_seed_generator
+            )
+            prompts["points"] = ops.concatenate(
+                [ops.cast(prompts["points"], "float32"), points], axis=1
+            )
+            prompts["labels"] = ops.concatenate(
+                [ops.cast(labels, "int32"), new_labels], axis=1
+            )
+            prompts["masks"] = previous[:, None, :, :, None]
+            out = self.decode(image_embeddings, **prompts)
+            masks, iou_pred = out["masks"], out["iou_pred"]
+            if per_image is not None:
+                out = {
+                    k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
+                    for k, v in out.items()
+                }
+                round_x = {
+                    k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
+                    for k, v in prompts.items()
+                }
+            else:
+                round_x = dict(prompts)
+            losses.append(self.prompt_loss(round_x, y, out, weight))
+        return losses
 
     def get_config(self):
         config = super().get_config()
