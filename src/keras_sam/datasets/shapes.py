@@ -20,6 +20,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from keras_sam import transforms
+from keras_sam.layers._checks import integer
 
 SHAPE_KINDS = ("ellipse", "rectangle", "polygon", "star")
 TEXTURE_KINDS = ("solid", "stripes", "checker", "gradient")
@@ -346,11 +347,7 @@ class ShapesDataset(keras.utils.PyDataset):
             ("seed", seed, 0),
             ("input_size", input_size, 4),
         ):
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(
-                    f"`{name}` must be an int >= {low}. Received: "
-                    f"{name}={value}"
-                )
+            integer(name, value, low)
         if prompt not in PROMPT_KINDS:
             raise ValueError(
                 f"`prompt` must be one of {PROMPT_KINDS}. Received: "
@@ -377,15 +374,8 @@ class ShapesDataset(keras.utils.PyDataset):
                     f"`{name}` must be a non-negative number. Received: "
                     f"{name}={value}"
                 )
-        if prompts_per_image is not None and (
-            isinstance(prompts_per_image, bool)
-            or int(prompts_per_image) != prompts_per_image
-            or prompts_per_image < 1
-        ):
-            raise ValueError(
-                "`prompts_per_image` must be None or an int >= 1. Received: "
-                f"prompts_per_image={prompts_per_image}"
-            )
+        if prompts_per_image is not None:
+            prompts_per_image = integer("prompts_per_image", prompts_per_image)
         self.prompts_per_image = (
             None if prompts_per_image is None else int(prompts_per_image)
         )

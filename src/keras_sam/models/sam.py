@@ -252,17 +252,12 @@ class SAM(keras.Model):
                 rounds. The clicks' randomness comes from
                 `refinement_seed_generator` (seed 0 unless re-seeded).
         """
+        from keras_sam.layers._checks import integer
         from keras_sam.losses import SAMLoss
 
-        if (
-            isinstance(refinement_iterations, bool)
-            or int(refinement_iterations) != refinement_iterations
-            or refinement_iterations < 0
-        ):
-            raise ValueError(
-                "`refinement_iterations` must be an int >= 0. Received: "
-                f"refinement_iterations={refinement_iterations!r}"
-            )
+        refinement_iterations = integer(
+            "refinement_iterations", refinement_iterations, low=0
+        )
         super().compile(*args, **kwargs)
         if refinement_iterations and not isinstance(self.loss, SAMLoss):
             raise ValueError(
