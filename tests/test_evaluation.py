@@ -63,3 +63,24 @@ def test_evaluate_shapes_tiny_model():
         assert 0.0 <= result[key] <= 1.0, result
     with pytest.raises(ValueError, match="num_images"):
         evaluation.evaluate_shapes(model, num_images=0)
+
+
+def test_shapes_objects_are_the_summary_per_object():
+    from keras_sam.datasets.shapes import make_scene
+
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    kwargs = dict(num_images=3, image_size=(64, 64))
+    objects = list(evaluation.shapes_objects(model, **kwargs))
+    summary = evaluation.evaluate_shapes(model, **kwargs)
+    assert len(objects) == summary["num_objects"]
+    for key in ("point_iou", "box_iou"):
+        mean = np.mean([o[key] for o in objects])
+        np.testing.assert_allclose(mean, summary[f"{key[:-4]}_miou"])
+    for o in objects:
+        _, masks = make_scene(
+            (evaluation.EVALUATION_SEED, o["image"], 0, 1), (64, 64)
+        )
+        assert o["area"] == np.count_nonzero(masks[o["object"]])
+        assert 0.0 <= o["point_iou"] <= o["point_best_iou"] <= 1.0
+        assert len(o["point_scores"]) == 3

@@ -71,6 +71,57 @@ def tight_box(mask) -> np.ndarray:
     )
 
 
+def shapes_objects(
+    model,
+    num_images: int = 200,
+    seed: int = EVALUATION_SEED,
+    image_size: tuple[int, int] = (256, 256),
+    num_objects: tuple[int, int] = (2, 5),
+):
+    """Per-object results of the held-out evaluation (see
+    `evaluate_shapes` for the prompts), one dict per object in scene
+    order.
+
+    Yields:
+        dict with `"image"` (scene index), `"object"` (index in the scene),
+        `"area"` (visible pixels), `"point_iou"` (the best-scored of the
+        click's three masks), `"point_best_iou"` (the best of the three
+        against the truth), `"point_scores"` (the three predicted IoUs) and
+        `"box_iou"` (single mask), IoUs as floats.
+    """
+    if int(num_images) != num_images or num_images < 1:
+        raise ValueError(
+            f"`num_images` must be an int >= 1. Received: num_images="
+            f"{num_images}"
+        )
+    predictor = SAMPredictor(model)
+    for i in range(int(num_images)):
+        image, masks = make_scene((int(seed), i, 0, 1), image_size, num_objects)
+        if not len(masks):
+            continue
+        predictor.set_image(image)
+        points = np.stack([interior_point(m) for m in masks])[:, None]
+        labels = np.ones(points.shape[:2], np.int32)  # (K, 1)
+        point_masks, scores, _ = predictor.predict_batch(
+            point_coords=points, point_labels=labels, multimask_output=True
+        )  # (K, 3, H, W), (K, 3)
+        boxes = np.stack([tight_box(m) for m in masks])
+        box_masks, _, _ = predictor.predict_batch(
+            boxes=boxes, multimask_output=False
+        )  # (K, 1, H, W)
+        for k, mask in enumerate(masks):
+            ious = [mask_iou(m, mask) for m in point_masks[k]]
+            yield {
+                "image": i,
+                "object": k,
+                "area": int(np.count_nonzero(mask)),
+                "point_iou": ious[int(np.argmax(scores[k]))],
+                "point_best_iou": max(ious),
+                "point_scores": [float(v) for v in scores[k]],
+                "box_iou": mask_iou(box_masks[k, 0], mask),
+            }
+
+
 def evaluate_shapes(
     model,
     num_images: int = 200,
@@ -91,7 +142,8 @@ def evaluate_shapes(
 
     The masks come from `SAMPredictor` at the scene's resolution and are
     compared with the true visible mask (`mask_iou`). All objects of an
-    image are decoded as one batch.
+    image are decoded as one batch. `shapes_objects` gives the same
+    figures per object.
 
     Args:
         model: a `keras_sam.SAM`.
@@ -105,35 +157,15 @@ def evaluate_shapes(
         dict with `"point_miou"`, `"box_miou"` (float, mean over objects),
         `"num_objects"` and `"num_images"` (int).
     """
-    if int(num_images) != num_images or num_images < 1:
-        raise ValueError(
-            f"`num_images` must be an int >= 1. Received: num_images="
-            f"{num_images}"
-        )
-    predictor = SAMPredictor(model)
-    point_ious, box_ious = [], []
-    for i in range(int(num_images)):
-        image, masks = make_scene((int(seed), i, 0, 1), image_size, num_objects)
-        if not len(masks):
-            continue
-        predictor.set_image(image)
-        points = np.stack([interior_point(m) for m in masks])[:, None]
-        labels = np.ones(points.shape[:2], np.int32)  # (K, 1)
-        pred, scores, _ = predictor.predict_batch(
-            point_coords=points, point_labels=labels, multimask_output=True
-        )  # (K, 3, H, W), (K, 3)
-        best = np.argmax(scores, axis=1)
-        for k, mask in enumerate(masks):
-            point_ious.append(mask_iou(pred[k, best[k]], mask))
-        boxes = np.stack([tight_box(m) for m in masks])
-        pred, _, _ = predictor.predict_batch(
-            boxes=boxes, multimask_output=False
-        )  # (K, 1, H, W)
-        for k, mask in enumerate(masks):
-            box_ious.append(mask_iou(pred[k, 0], mask))
+    objects = list(
+        shapes_objects(model, num_images, seed, image_size, num_objects)
+    )
+    mean = lambda key: (  # noqa: E731
+        float(np.mean([o[key] for o in objects])) if objects else 0.0
+    )
     return {
-        "point_miou": float(np.mean(point_ious)) if point_ious else 0.0,
-        "box_miou": float(np.mean(box_ious)) if box_ious else 0.0,
-        "num_objects": len(point_ious),
+        "point_miou": mean("point_iou"),
+        "box_miou": mean("box_iou"),
+        "num_objects": len(objects),
         "num_images": int(num_images),
     }

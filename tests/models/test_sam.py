@@ -204,12 +204,13 @@ def test_bundled_shapes_model_on_200_held_out_pictures():
     """The shipped sam_shapes weights, evaluated here on the 200 held-out
     pictures (seeds training never uses), on this backend.
 
-    Issue 6's targets are 0.85 (click) and 0.90 (box); the current model
-    does not reach them (measured on JAX: 0.846 and 0.881, recorded in
-    sam_shapes.json), so this asserts the level it reaches, a little below
-    the measured figures for backend rounding, and that it beats the same
-    architecture with random weights by far. Raise the bounds to the
-    targets when a model meets them.
+    Issue 6's targets are 0.85 (click) and 0.90 (box). The current model
+    meets the click target and not the box one (measured on JAX: 0.8513
+    and 0.884, recorded in sam_shapes.json; the backends agree to 1e-6),
+    so this asserts the click target and, for the box, the level it
+    reaches, a little below the measured figure; and that it beats the same
+    architecture with random weights by far. Raise the box bound to the
+    target when a model meets it.
     """
     import json
     from pathlib import Path
@@ -229,8 +230,8 @@ def test_bundled_shapes_model_on_200_held_out_pictures():
     # The recorded figures are what this computes (JAX, float16 weights).
     assert abs(result["point_miou"] - record["point_miou"]) < 0.01
     assert abs(result["box_miou"] - record["box_miou"]) < 0.01
-    assert result["point_miou"] >= 0.84
-    assert result["box_miou"] >= 0.875
+    assert result["point_miou"] >= 0.85
+    assert result["box_miou"] >= 0.88
     baseline = evaluate_shapes(SAM.from_preset("sam_shapes"), num_images=8)
     assert result["point_miou"] > baseline["point_miou"] + 0.3
     assert result["box_miou"] > baseline["box_miou"] + 0.3

@@ -1,0 +1,121 @@
+"""Where a shapes model's errors are: held-out mean IoU by object area and
+by visible pieces, as the README's tables.
+
+Usage (from the repository root, test extras installed):
+
+    python scripts/shapes_breakdown.py --num-images 100
+    python scripts/shapes_breakdown.py --weights runs/x/sam_shapes.safetensors
+
+Runs `keras_sam.evaluation.shapes_objects` on the first `--num-images`
+held-out pictures (the bundled `sam_shapes` weights unless `--weights`
+names a `scripts/train_shapes.py` export) and prints two Markdown tables:
+mean IoU from a click (the best-scored of three masks), of the best of the
+three masks, and from a box, per object-area bin (pixels of the picture);
+and click / box per number of visible pieces (an object cut by others is
+several 4-connected pieces; needs scipy).
+"""
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np  # noqa: E402
+
+from keras_sam.datasets.shapes import make_scene  # noqa: E402
+from keras_sam.evaluation import EVALUATION_SEED  # noqa: E402
+from keras_sam.evaluation import shapes_objects  # noqa: E402
+
+AREA_BINS = [0, 500, 1000, 2000, 4000, 8000, None]
+PIECE_BINS = [(1, 1), (2, 2), (3, None)]
+
+
+def visible_pieces(mask) -> int:
+    """Number of 4-connected pieces of a bool `(H, W)` mask."""
+    from scipy import ndimage
+
+    return int(ndimage.label(mask)[1])
+
+
+def _bin_label(lo, hi, unit="") -> str:
+    if hi is None:
+        return f">= {lo:,}{unit}"
+    return f"< {hi:,}{unit}" if lo == 0 else f"{lo:,}-{hi:,}{unit}"
+
+
+def tables(objects: list[dict]) -> str:
+    """The two Markdown tables for per-object dicts with `"area"`,
+    `"pieces"`, `"point_iou"`, `"point_best_iou"`, `"box_iou"`."""
+
+    def row(label, group, keys):
+        means = [f"{np.mean([o[k] for o in group]):.3f}" for k in keys]
+        return f"| {label} | {len(group)} | " + " | ".join(means) + " |"
+
+    lines = [
+        "| object area | objects | click | best of the 3 masks | box |",
+        "|---|---|---|---|---|",
+    ]
+    keys = ("point_iou", "point_best_iou", "box_iou")
+    for lo, hi in zip(AREA_BINS[:-1], AREA_BINS[1:], strict=True):
+        group = [
+            o
+            for o in objects
+            if o["area"] >= lo and (hi is None or o["area"] < hi)
+        ]
+        if group:
+            lines.append(row(_bin_label(lo, hi), group, keys))
+    lines += [
+        "",
+        "| visible pieces | objects | click | box |",
+        "|---|---|---|---|",
+    ]
+    for lo, hi in PIECE_BINS:
+        group = [
+            o
+            for o in objects
+            if o["pieces"] >= lo and (hi is None or o["pieces"] <= hi)
+        ]
+        if group:
+            label = str(lo) if hi == lo else f"{lo} or more"
+            lines.append(row(label, group, ("point_iou", "box_iou")))
+    lines.append("")
+    lines.append(
+        "all: {} objects, click {:.3f}, best of 3 {:.3f}, box {:.3f}".format(
+            len(objects), *(np.mean([o[k] for o in objects]) for k in keys)
+        )
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=100)
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="a train_shapes.py sam_shapes.safetensors (default: bundled)",
+    )
+    args = parser.parse_args(argv)
+    if args.weights is None:
+        from keras_sam import SAM
+
+        model = SAM.from_preset("sam_shapes", weights=True)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from train_shapes import load_model
+
+        model = load_model(args.weights)
+    objects = list(shapes_objects(model, num_images=args.num_images))
+    for o in objects:
+        _, masks = make_scene((EVALUATION_SEED, o["image"], 0, 1), (256, 256))
+        o["pieces"] = visible_pieces(masks[o["object"]])
+    print(f"$ {shlex.join(['python', *sys.argv])}")
+    print(tables(objects))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
