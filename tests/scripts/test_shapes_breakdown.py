@@ -37,3 +37,17 @@ def test_tables_bin_and_average(breakdown):
     assert "| 2 | 1 | 0.900 | 0.800 |" in text
     assert "| 3 or more | 2 | 0.700 | 0.800 |" in text
     assert "all: 4 objects, click 0.625, best of 3 0.725, box 0.725" in text
+
+
+def test_correction_click(breakdown):
+    truth = np.zeros((9, 9), bool)
+    truth[1:8, 1:8] = True
+    missed = truth.copy()
+    missed[1:8, 4:8] = False  # right part missed: click there, label 1
+    point, label = breakdown.correction_click(missed, truth)
+    assert label == 1 and 4 <= point[0] <= 7 and 1 <= point[1] <= 7
+    spilled = truth.copy()
+    spilled[0, :] = spilled[:, 0] = spilled[8, :] = True  # false pixels
+    point, label = breakdown.correction_click(spilled, truth)
+    assert label == 0 and not truth[int(point[1]), int(point[0])]
+    assert breakdown.correction_click(truth, truth) is None
