@@ -59,6 +59,14 @@ def _prompts(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "images" and v is not None}
 
 
+def _split_per_image(tensors: dict, per_image: int) -> dict:
+    """`(B * K, ...)` tensors -> `(B, K, ...)`: rows `b*K..` of image `b`."""
+    return {
+        k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
+        for k, v in tensors.items()
+    }
+
+
 def _prompts_per_image(prompts: dict) -> int | None:
     """None (one prompt per image) or `K` of `(B, K, ...)` prompt tensors."""
     extra = {
@@ -228,10 +236,9 @@ class SAM(keras.Model):
                 for k, v in prompts.items()
             }
             embeddings = ops.repeat(image_embeddings, per_image, axis=0)
-            outputs = {
-                k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
-                for k, v in self.decode(embeddings, **flat).items()
-            }
+            outputs = _split_per_image(
+                self.decode(embeddings, **flat), per_image
+            )
         if training and self.refinement_iterations:
             outputs["image_embeddings"] = image_embeddings
         return outputs
@@ -264,7 +271,7 @@ class SAM(keras.Model):
                 "`refinement_iterations` needs `loss=keras_sam.losses."
                 f"SAMLoss()`. Received: loss={self.loss!r}"
             )
-        self.refinement_iterations = int(refinement_iterations)
+        self.refinement_iterations = refinement_iterations
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -335,17 +342,11 @@ class SAM(keras.Model):
             prompts["masks"] = previous[:, None, :, :, None]
             out = self.decode(image_embeddings, **prompts)
             masks, iou_pred = out["masks"], out["iou_pred"]
-            if per_image is not None:
-                out = {
-                    k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
-                    for k, v in out.items()
-                }
-                round_x = {
-                    k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
-                    for k, v in prompts.items()
-                }
-            else:
+            if per_image is None:
                 round_x = dict(prompts)
+            else:
+                out = _split_per_image(out, per_image)
+                round_x = _split_per_image(prompts, per_image)
             losses.append(self.prompt_loss(round_x, y, out, weight))
         return losses
 
