@@ -23,8 +23,9 @@ receives (each file replaced atomically):
 from there, bit-identical: `tests/scripts/test_train_shapes.py` checks on
 each backend that two runs with the same seed and steps, and a run stopped
 and resumed, end with the same weights. The random state of the refinement
-clicks (`--refinement-iterations`, see `SAM.compile`) is seeded from
-`--seed` and saved in `checkpoint.optimizer.npz`.
+clicks (`--refinement-iterations`, `--mask-only-iterations`, see
+`SAM.compile`) is seeded from `--seed` and saved in
+`checkpoint.optimizer.npz`.
 
 At the end it writes `sam_shapes.weights.h5` (Keras weights),
 `sam_shapes.safetensors` and `sam_shapes.json`. The safetensors file maps
@@ -436,6 +437,14 @@ def parse_args(argv=None):
         "training, see SAM.compile); 0: the data's prompt only",
     )
     parser.add_argument(
+        "--mask-only-iterations",
+        type=int,
+        default=0,
+        help="further rounds per prompt with no new click, the previous "
+        "mask fed back (the last round, the others at random positions; "
+        "SAM's recipe: 2, see SAM.compile)",
+    )
+    parser.add_argument(
         "--box-noise",
         type=float,
         default=0.1,
@@ -473,11 +482,12 @@ def parse_args(argv=None):
             f"--seed must be in [0, {EVALUATION_SEED}) (the evaluation "
             f"seed is {EVALUATION_SEED}). Received: {args.seed}"
         )
-    if args.refinement_iterations < 0:
-        parser.error(
-            "--refinement-iterations must be >= 0. Received: "
-            f"{args.refinement_iterations}"
-        )
+    for flag in ("refinement_iterations", "mask_only_iterations"):
+        if getattr(args, flag) < 0:
+            parser.error(
+                f"--{flag.replace('_', '-')} must be >= 0. Received: "
+                f"{getattr(args, flag)}"
+            )
     if args.box_noise < 0:
         parser.error(f"--box-noise must be >= 0. Received: {args.box_noise}")
     if args.steps < 1 or args.batch_size < 1:
@@ -541,6 +551,7 @@ def main(argv=None) -> int:
         ),
         loss=SAMLoss(),
         refinement_iterations=args.refinement_iterations,
+        mask_only_iterations=args.mask_only_iterations,
     )
     _seed_state(model).assign(
         np.array(
@@ -624,6 +635,7 @@ def main(argv=None) -> int:
         "train_only": args.train_only,
         "box_noise": args.box_noise,
         "refinement_iterations": args.refinement_iterations,
+        "mask_only_iterations": args.mask_only_iterations,
         "config": config,
     }
     (output / "sam_shapes.json").write_text(json.dumps(record, indent=2))

@@ -1,5 +1,6 @@
-"""Iterative refinement: correction clicks, the fed-back mask, and fit()
-with refinement rounds (`SAM.compile(..., refinement_iterations=n)`)."""
+"""Iterative refinement: correction clicks, the fed-back mask, rounds with
+no click, and fit() with refinement rounds (`SAM.compile(...,
+refinement_iterations=n, mask_only_iterations=m)`)."""
 
 import time
 
@@ -101,10 +102,46 @@ def test_chosen_mask_is_the_best_multimask_output_or_output_0():
     np.testing.assert_array_equal(got, masks[[0, 1, 2], [2, 3, 0]])
 
 
-# -- SAM.compile(refinement_iterations=n) and fit() ---------------------------
+@pytest.mark.parametrize("click_rounds, mask_only", [(3, 2), (8, 2), (2, 3)])
+def test_mask_only_rounds_are_the_last_and_uniform_among_the_others(
+    click_rounds, mask_only
+):
+    n = 3000
+    got = _np(
+        refinement.mask_only_rounds(
+            n, click_rounds, mask_only, keras.random.SeedGenerator(3)
+        )
+    )
+    rounds = click_rounds + mask_only
+    assert got.shape == (rounds, n) and got.dtype == bool
+    assert got[-1].all()  # the last round never adds a click
+    # Each example: mask_only - 1 more, at distinct earlier rounds.
+    np.testing.assert_array_equal(got[:-1].sum(axis=0), mask_only - 1)
+    counts = got[:-1].sum(axis=1)  # per earlier round
+    expected = n * (mask_only - 1) / (rounds - 1)
+    # Binomial std <= sqrt(expected) <= 39: within 20% is > 4 std.
+    assert np.all(np.abs(counts - expected) < 0.2 * expected), counts
+    # Different examples get different positions.
+    assert len({tuple(c) for c in got[:-1].T}) > 1
 
 
-def _model(refinement_iterations):
+def test_mask_only_rounds_without_random_positions():
+    np.testing.assert_array_equal(
+        _np(refinement.mask_only_rounds(3, 2, 0, seed=0)), np.zeros((2, 3))
+    )
+    np.testing.assert_array_equal(
+        _np(refinement.mask_only_rounds(3, 2, 1, seed=0)),
+        [[False] * 3, [False] * 3, [True] * 3],
+    )
+    np.testing.assert_array_equal(
+        _np(refinement.mask_only_rounds(3, 0, 1, seed=0)), [[True] * 3]
+    )
+
+
+# -- SAM.compile(refinement_iterations=n, ...) and fit() ----------------------
+
+
+def _model(refinement_iterations, mask_only_iterations=0):
     model = SAM.from_config_dicts(
         helpers.TINY_64_ENCODER, helpers.TINY_64_PROMPT, helpers.TINY_64_DECODER
     )
@@ -113,15 +150,18 @@ def _model(refinement_iterations):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=losses.SAMLoss(),
         refinement_iterations=refinement_iterations,
+        mask_only_iterations=mask_only_iterations,
     )
     return model
 
 
-def test_refinement_loss_is_the_mean_over_the_rounds():
+@pytest.mark.parametrize("mask_only", [False, True])
+def test_refinement_loss_is_the_mean_over_the_rounds(mask_only):
     """One round by hand: the chosen mask fed back as the mask prompt, the
-    correction click appended to the prompt, decoded on the same image
-    embedding, the loss averaged with the first prompt's."""
-    model = _model(1)
+    correction click (or, in a mask-only round, the padding point)
+    appended to the prompt, decoded on the same image embedding, the loss
+    averaged with the first prompt's."""
+    model = _model(*((0, 1) if mask_only else (1, 0)))
     x, y = ShapesDataset(4, 4, seed=1, image_size=(64, 64), input_size=64)[0]
     y_pred = model(x, training=True)
     assert set(y_pred) == {"masks", "iou_pred", "image_embeddings"}
@@ -143,6 +183,8 @@ def test_refinement_loss_is_the_mean_over_the_rounds():
     points, labels = refinement.sample_correction_points(
         previous, y, (64, 64), seed=model.refinement_seed_generator
     )
+    if mask_only:
+        points, labels = np.zeros((4, 1, 2), "float32"), -np.ones((4, 1))
     out = model.decode(
         y_pred["image_embeddings"],
         points=np.concatenate([x["points"], _np(points)], axis=1),
@@ -154,9 +196,11 @@ def test_refinement_loss_is_the_mean_over_the_rounds():
     assert abs(second - first) > 1e-3 * first  # the round did something
 
 
-@pytest.mark.parametrize("prompts_per_image", [None, 4])
-def test_fit_with_refinement_lowers_the_loss(prompts_per_image):
-    model = _model(2)
+@pytest.mark.parametrize(
+    "prompts_per_image, mask_only", [(None, 0), (4, 0), (4, 2)]
+)
+def test_fit_with_refinement_lowers_the_loss(prompts_per_image, mask_only):
+    model = _model(2, mask_only)
     data = ShapesDataset(
         4,
         4,
@@ -171,7 +215,7 @@ def test_fit_with_refinement_lowers_the_loss(prompts_per_image):
     first, last = history.history["loss"][0], history.history["loss"][-1]
     print(
         f"{keras.backend.backend()} K={prompts_per_image}: training loss "
-        f"(3 rounds) {first:.4f} -> {last:.4f}, "
+        f"({3 + mask_only} rounds) {first:.4f} -> {last:.4f}, "
         f"{time.perf_counter() - start:.1f} s"
     )
     # Measured (first -> last epoch): JAX 3.18 -> 1.53 (K=None), 3.28 ->
@@ -187,6 +231,9 @@ def test_fit_with_refinement_lowers_the_loss(prompts_per_image):
         (dict(refinement_iterations=1.5), "refinement_iterations"),
         (dict(refinement_iterations=True), "refinement_iterations"),
         (dict(refinement_iterations=1, loss="mse"), "SAMLoss"),
+        (dict(mask_only_iterations=-1), "mask_only_iterations"),
+        (dict(mask_only_iterations=0.5), "mask_only_iterations"),
+        (dict(mask_only_iterations=1, loss="mse"), "SAMLoss"),
     ],
 )
 def test_compile_rejects_bad_refinement_arguments(kwargs, match):

@@ -6,9 +6,13 @@ an interactive session: after the first prompt, each further round adds
 one click sampled uniformly from the error region of the previous
 prediction (a foreground click on a missed pixel, a background click on a
 wrong one) and feeds the previous prediction's mask logits back as the
-mask prompt. `keras_sam.SAM.compile(..., refinement_iterations=n)` trains
-that way; this module holds the two per-round steps, in `keras.ops` so
-they run inside the compiled training step of every backend.
+mask prompt. So that the model also learns to refine its own mask, SAM
+adds rounds with no new click: one at a random position among the others
+and one always last (8 click rounds + 2 such rounds in the paper).
+`keras_sam.SAM.compile(..., refinement_iterations=n,
+mask_only_iterations=m)` trains that way; this module holds the per-round
+steps, in `keras.ops` so they run inside the compiled training step of
+every backend.
 """
 
 from keras import ops
@@ -93,3 +97,32 @@ def sample_correction_points(logits, targets, input_image_size, seed=None):
     y = (ops.cast(index // w, "float32") + 0.5) * scale_y
     points = ops.where(found[:, None], ops.stack([x, y], axis=-1), 0.0)
     return points[:, None, :], ops.cast(label, "int32")[:, None]
+
+
+def mask_only_rounds(batch_size, click_rounds: int, mask_only: int, seed=None):
+    """Which refinement rounds add no click, per example.
+
+    There are `click_rounds + mask_only` rounds. With `mask_only > 0` the
+    last round adds no click for every example, and each example gets
+    `mask_only - 1` more such rounds at positions drawn uniformly (without
+    replacement) among the earlier rounds (SAM's recipe: `mask_only=2`).
+
+    Args:
+        batch_size: number of examples `B` (an int or a scalar tensor).
+        click_rounds: int >= 0, rounds that add a correction click.
+        mask_only: int >= 0, rounds that only feed the previous mask back.
+        seed: a `keras.random.SeedGenerator` or an int.
+
+    Returns:
+        bool `(click_rounds + mask_only, B)`: True where the round adds the
+        padding point `(0, 0)` / -1 instead of a correction click.
+    """
+    rounds = click_rounds + mask_only
+    if mask_only == 0:
+        return ops.zeros((rounds, batch_size), "bool")
+    last = ops.ones((1, batch_size), "bool")
+    if rounds == 1:
+        return last
+    draw = random.uniform((rounds - 1, batch_size), seed=seed)
+    rank = ops.argsort(ops.argsort(draw, axis=0), axis=0)  # 0..rounds-2
+    return ops.concatenate([rank < mask_only - 1, last], axis=0)

@@ -129,7 +129,8 @@ def _run(train_shapes, output, *extra):
         "--steps", "4", "--batch-size", "1", "--prompts-per-image", "2",
         "--hidden-size", "32", "--num-layers", "1", "--patch-size", "16",
         "--seed", "3", "--warmup-steps", "1", "--checkpoint-every", "1",
-        "--refinement-iterations", "1", "--export-dtype", "float32",
+        "--refinement-iterations", "1", "--mask-only-iterations", "2",
+        "--export-dtype", "float32",
         "--output", str(output), *extra,
     ]  # fmt: skip
     assert train_shapes.main(args) == 0
@@ -160,5 +161,18 @@ def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
     ]
     assert [r["resumed_from_step"] for r in records] == [0, 2]
     assert all(r["refinement_iterations"] == 1 for r in records)
+    assert all(r["mask_only_iterations"] == 2 for r in records)
     losses = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
     assert len(losses["losses"]) == 4
+
+
+@pytest.mark.parametrize(
+    "flag", ["--refinement-iterations", "--mask-only-iterations", "--box-noise"]
+)
+def test_negative_round_counts_and_noise_are_refused(
+    train_shapes, tmp_path, capsys, flag
+):
+    with pytest.raises(SystemExit):
+        train_shapes.main([flag, "-1", "--output", str(tmp_path)])
+    assert f"{flag} must be >= 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before building anything

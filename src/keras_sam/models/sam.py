@@ -122,8 +122,8 @@ class SAM(keras.Model):
     Returns:
         dict with `"masks"` `(B, 1 + n, 4He, 4We)` logits and `"iou_pred"`
         `(B, 1 + n)`; with `K` prompts per image `(B, K, 1 + n, 4He, 4We)`
-        and `(B, K, 1 + n)`. In training with `refinement_iterations > 0`
-        (see `compile`) the dict also carries `"image_embeddings"` `(B, He,
+        and `(B, K, 1 + n)`. In training with refinement rounds (see
+        `compile`) the dict also carries `"image_embeddings"` `(B, He,
         We, C)`, which the refinement rounds of `compute_loss` decode on.
 
     Example:
@@ -175,6 +175,7 @@ class SAM(keras.Model):
         self.mask_decoder = mask_decoder
         # Training only (see `compile`): the correction clicks' randomness.
         self.refinement_iterations = 0
+        self.mask_only_iterations = 0
         self.refinement_seed_generator = keras.random.SeedGenerator(0)
 
     def build(self, input_shape=None):
@@ -239,11 +240,17 @@ class SAM(keras.Model):
             outputs = _split_per_image(
                 self.decode(embeddings, **flat), per_image
             )
-        if training and self.refinement_iterations:
+        if training and self._refinement_rounds:
             outputs["image_embeddings"] = image_embeddings
         return outputs
 
-    def compile(self, *args, refinement_iterations=0, **kwargs):
+    @property
+    def _refinement_rounds(self) -> int:
+        return self.refinement_iterations + self.mask_only_iterations
+
+    def compile(
+        self, *args, refinement_iterations=0, mask_only_iterations=0, **kwargs
+    ):
         """`keras.Model.compile`, plus SAM's interactive training.
 
         Args:
@@ -255,9 +262,17 @@ class SAM(keras.Model):
                 drawn uniformly from the error region of the previous
                 round's mask and feeds that mask's logits back as the
                 `masks` prompt (SAM's training, appendix A; see
-                `keras_sam.refinement`). The loss is the mean over the
-                rounds. The clicks' randomness comes from
+                `keras_sam.refinement`). The loss is the mean over all
+                rounds (the data's prompt's included). The randomness comes from
                 `refinement_seed_generator` (seed 0 unless re-seeded).
+            mask_only_iterations: int >= 0, further rounds that add no
+                click (the padding point instead) and only feed the
+                previous mask back, so that the model learns to refine its
+                own mask: the last round, and `m - 1` at random positions
+                among the others, per example (SAM's recipe: 8 click
+                rounds and `m = 2`; see
+                `keras_sam.refinement.mask_only_rounds`). The same loss
+                requirement.
         """
         from keras_sam.layers._checks import integer
         from keras_sam.losses import SAMLoss
@@ -265,13 +280,21 @@ class SAM(keras.Model):
         refinement_iterations = integer(
             "refinement_iterations", refinement_iterations, low=0
         )
+        mask_only_iterations = integer(
+            "mask_only_iterations", mask_only_iterations, low=0
+        )
         super().compile(*args, **kwargs)
-        if refinement_iterations and not isinstance(self.loss, SAMLoss):
-            raise ValueError(
-                "`refinement_iterations` needs `loss=keras_sam.losses."
-                f"SAMLoss()`. Received: loss={self.loss!r}"
-            )
+        for name, value in (
+            ("refinement_iterations", refinement_iterations),
+            ("mask_only_iterations", mask_only_iterations),
+        ):
+            if value and not isinstance(self.loss, SAMLoss):
+                raise ValueError(
+                    f"`{name}` needs `loss=keras_sam.losses.SAMLoss()`. "
+                    f"Received: loss={self.loss!r}"
+                )
         self.refinement_iterations = refinement_iterations
+        self.mask_only_iterations = mask_only_iterations
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -288,7 +311,7 @@ class SAM(keras.Model):
             )
         outputs = {k: y_pred[k] for k in ("masks", "iou_pred")}
         loss = self.prompt_loss(x, y, outputs, sample_weight)
-        if "image_embeddings" in y_pred and self.refinement_iterations:
+        if "image_embeddings" in y_pred and self._refinement_rounds:
             losses = self._refinement_losses(
                 x, y, outputs, y_pred["image_embeddings"], sample_weight
             )
@@ -303,7 +326,7 @@ class SAM(keras.Model):
         return self.loss(y, outputs, sample_weight)
 
     def _refinement_losses(self, x, y, outputs, image_embeddings, weight):
-        """The losses of `refinement_iterations` correction rounds."""
+        """The losses of the refinement rounds (see `compile`)."""
         from keras_sam import refinement
 
         prompts = _prompts(x)
@@ -320,8 +343,14 @@ class SAM(keras.Model):
         if "labels" not in prompts:
             prompts["points"] = ops.zeros((ops.shape(masks)[0], 0, 2))
             prompts["labels"] = ops.zeros((ops.shape(masks)[0], 0), "int32")
+        no_click = refinement.mask_only_rounds(
+            ops.shape(masks)[0],
+            self.refinement_iterations,
+            self.mask_only_iterations,
+            self.refinement_seed_generator,
+        )  # (rounds, B')
         losses = []
-        for _ in range(self.refinement_iterations):
+        for round_ in range(self._refinement_rounds):
             labels = prompts["labels"]
             previous = ops.stop_gradient(
                 refinement.chosen_mask(
@@ -332,6 +361,11 @@ class SAM(keras.Model):
             )  # (B', h, w)
             points, new_labels = refinement.sample_correction_points(
                 previous, targets, size, self.refinement_seed_generator
+            )
+            skip = no_click[round_]  # (B',): the padding point instead
+            points = ops.where(skip[:, None, None], 0.0, points)
+            new_labels = ops.cast(
+                ops.where(skip[:, None], -1, new_labels), "int32"
             )
             prompts["points"] = ops.concatenate(
                 [ops.cast(prompts["points"], "float32"), points], axis=1
