@@ -111,8 +111,9 @@ def model_config(
 class _RecipeSAM(SAM):
     """SAM with the official supervision: an ambiguous prompt (one click,
     nothing else) trains the best of the three multimask outputs (the
-    minimum loss); any other prompt (a box, several clicks of a refinement
-    round) the single-mask output (index 0), as SAM's training. Plain
+    minimum loss); any other prompt (a box, several clicks, a refinement
+    round's fed-back mask) the single-mask output (index 0), as SAM's
+    training. Plain
     `SAMLoss` takes the minimum over all four, which leaves output 0 (the
     one `multimask_output=False` returns) nearly untrained."""
 
@@ -134,7 +135,8 @@ class _RecipeSAM(SAM):
             y, {"masks": masks[..., 1:, :, :], "iou_pred": iou_pred[..., 1:]}
         )  # (B, [K])
         ambiguous = ops.cast(
-            is_ambiguous(x["labels"], "boxes" in x), single.dtype
+            is_ambiguous(x["labels"], "boxes" in x, "masks" in x),
+            single.dtype,
         )
         return ops.mean(ambiguous * multi + (1.0 - ambiguous) * single)
 

@@ -89,6 +89,8 @@ def test_is_ambiguous():
     got = _np(refinement.is_ambiguous(labels))
     np.testing.assert_array_equal(got, [True, True, False, False, False])
     assert not _np(refinement.is_ambiguous(labels, has_boxes=True)).any()
+    # A mask prompt (every refinement round's) makes any prompt unambiguous.
+    assert not _np(refinement.is_ambiguous(labels, has_masks=True)).any()
 
 
 def test_chosen_mask_is_the_best_multimask_output_or_output_0():
@@ -194,6 +196,52 @@ def test_refinement_loss_is_the_mean_over_the_rounds(mask_only):
     second = float(_np(sam_loss(y, out)))
     assert abs(got - (first + second) / 2) <= 1e-5 * abs(got)
     assert abs(second - first) > 1e-3 * first  # the round did something
+
+
+def test_rounds_after_the_first_pass_on_the_single_mask_output():
+    """Two no-click rounds after one click: round 1 feeds back the
+    best-scored multimask output (one click: ambiguous), round 2 output 0
+    of round 1 (one click and a mask prompt: SAM's single-mask case)."""
+    model = _model(0, 2)
+    x, y = ShapesDataset(4, 4, seed=1, image_size=(64, 64), input_size=64)[0]
+    y_pred = model(x, training=True)
+    generator = model.refinement_seed_generator
+    state = _np(generator.state)
+    got = float(_np(model.compute_loss(x, y, y_pred)))
+    generator.state.assign(state)  # the same draws, in the same order
+
+    no_click = _np(refinement.mask_only_rounds(4, 0, 2, generator))
+    assert no_click.all()
+    sam_loss = losses.SAMLoss()
+    outputs = {k: y_pred[k] for k in ("masks", "iou_pred")}
+    total = float(_np(sam_loss(y, outputs)))
+    points, labels = x["points"], x["labels"]
+    previous = refinement.chosen_mask(
+        y_pred["masks"], y_pred["iou_pred"], refinement.is_ambiguous(labels)
+    )
+    rounds = []
+    for _ in range(2):
+        refinement.sample_correction_points(previous, y, (64, 64), generator)
+        points = np.concatenate([points, np.zeros((4, 1, 2), "float32")], 1)
+        labels = np.concatenate([labels, -np.ones((4, 1), "int32")], 1)
+        out = model.decode(
+            y_pred["image_embeddings"],
+            points=points,
+            labels=labels,
+            masks=_np(previous)[:, None, :, :, None],
+        )
+        total += float(_np(sam_loss(y, out)))
+        rounds.append(out)
+        previous = out["masks"][:, 0]  # output 0 from here on
+    assert abs(got - total / 3) <= 1e-5 * abs(got)
+    # For the single-click examples, round 1's best-scored multimask
+    # output is not its output 0, so the check above tells the rules apart.
+    clicks = _np(refinement.is_ambiguous(x["labels"]))
+    assert clicks.any()
+    best = refinement.chosen_mask(
+        rounds[0]["masks"], rounds[0]["iou_pred"], clicks
+    )
+    assert not np.allclose(_np(best), _np(rounds[0]["masks"][:, 0]))
 
 
 @pytest.mark.parametrize(

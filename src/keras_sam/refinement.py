@@ -19,16 +19,19 @@ from keras import ops
 from keras import random
 
 
-def is_ambiguous(labels, has_boxes: bool = False):
+def is_ambiguous(labels, has_boxes: bool = False, has_masks: bool = False):
     """True where a prompt is one click and nothing else.
 
     SAM answers such a prompt with its three multimask outputs; any other
-    prompt (a box, several clicks) with the single-mask output 0.
+    prompt (a box, several clicks, a click with a mask prompt, as in every
+    refinement round) with the single-mask output 0 ("more than one
+    prompt", SAM's appendix A).
 
     Args:
         labels: `(B, N)` point labels (1 foreground, 0 background, -1
             padding, 2/3 box corners).
         has_boxes: whether a `boxes` prompt comes with the points.
+        has_masks: whether a `masks` prompt comes with the points.
 
     Returns:
         bool `(B,)`.
@@ -38,7 +41,7 @@ def is_ambiguous(labels, has_boxes: bool = False):
     )
     corners = ops.any(labels >= 2, axis=-1)
     ambiguous = ops.logical_and(clicks == 1, ops.logical_not(corners))
-    return ops.zeros_like(ambiguous) if has_boxes else ambiguous
+    return ops.zeros_like(ambiguous) if has_boxes or has_masks else ambiguous
 
 
 def chosen_mask(masks, iou_pred, ambiguous):

@@ -176,3 +176,59 @@ def test_negative_round_counts_and_noise_are_refused(
         train_shapes.main([flag, "-1", "--output", str(tmp_path)])
     assert f"{flag} must be >= 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before building anything
+
+
+def test_recipe_loss_supervises_output_0_unless_one_click_alone(train_shapes):
+    """`_RecipeSAM.prompt_loss`: one click alone trains the best of outputs
+    1-3; a box, several clicks, or a click with a mask prompt (every
+    refinement round) output 0 only."""
+    import keras
+
+    from keras_sam.losses import SAMLoss
+
+    rng = np.random.default_rng(0)
+    outputs = {
+        "masks": rng.normal(size=(2, 4, 16, 16)).astype("float32"),
+        "iou_pred": rng.uniform(size=(2, 4)).astype("float32"),
+    }
+    y = (rng.uniform(size=(2, 16, 16)) > 0.5).astype("float32")
+    model = train_shapes._RecipeSAM.from_config_dicts(
+        helpers.TINY_64_ENCODER, helpers.TINY_64_PROMPT, helpers.TINY_64_DECODER
+    )
+    points = np.zeros((2, 2, 2), "float32")
+    labels = np.array([[1, -1], [1, -1]], "int32")
+    single = float(
+        keras.ops.convert_to_numpy(
+            SAMLoss(multimask_min=False)(
+                y,
+                {
+                    "masks": outputs["masks"][:, :1],
+                    "iou_pred": outputs["iou_pred"][:, :1],
+                },
+            )
+        )
+    )
+    multi = float(
+        keras.ops.convert_to_numpy(
+            SAMLoss()(
+                y,
+                {
+                    "masks": outputs["masks"][:, 1:],
+                    "iou_pred": outputs["iou_pred"][:, 1:],
+                },
+            )
+        )
+    )
+    assert abs(single - multi) > 1e-3 * single  # the rules differ here
+
+    def loss(**x):
+        x = {"points": points, "labels": labels, **x}
+        return float(
+            keras.ops.convert_to_numpy(model.prompt_loss(x, y, outputs))
+        )
+
+    assert abs(loss() - multi) <= 1e-5 * multi
+    masks = np.zeros((2, 1, 16, 16, 1), "float32")
+    assert abs(loss(masks=masks) - single) <= 1e-5 * single
+    two = np.array([[1, 0], [1, 0]], "int32")
+    assert abs(loss(labels=two) - single) <= 1e-5 * single

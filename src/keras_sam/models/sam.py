@@ -340,6 +340,7 @@ class SAM(keras.Model):
         iou_pred = flat(outputs["iou_pred"], 1)
         size = self.prompt_encoder.input_image_size
         has_boxes = "boxes" in prompts
+        has_masks = "masks" in prompts  # after round 0: always
         if "labels" not in prompts:
             prompts["points"] = ops.zeros((ops.shape(masks)[0], 0, 2))
             prompts["labels"] = ops.zeros((ops.shape(masks)[0], 0), "int32")
@@ -356,7 +357,7 @@ class SAM(keras.Model):
                 refinement.chosen_mask(
                     masks,
                     iou_pred,
-                    refinement.is_ambiguous(labels, has_boxes),
+                    refinement.is_ambiguous(labels, has_boxes, has_masks),
                 )
             )  # (B', h, w)
             points, new_labels = refinement.sample_correction_points(
@@ -374,6 +375,7 @@ class SAM(keras.Model):
                 [ops.cast(labels, "int32"), new_labels], axis=1
             )
             prompts["masks"] = previous[:, None, :, :, None]
+            has_masks = True
             out = self.decode(image_embeddings, **prompts)
             masks, iou_pred = out["masks"], out["iou_pred"]
             if per_image is None:
