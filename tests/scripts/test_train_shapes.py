@@ -87,7 +87,6 @@ def test_resample_state_names_what_it_cannot_fit(train_shapes):
 def test_train_only_part_of_the_model(train_shapes, train_only):
     """`--train-only`: a fit() step moves the IoU head's weights and no
     other ("iou_head"), or no weight of the image encoder ("decoder")."""
-    import keras
 
     from keras_sam.datasets import ShapesDataset
     from keras_sam.losses import SAMLoss
@@ -191,7 +190,6 @@ def test_recipe_loss_supervises_output_0_unless_one_click_alone(train_shapes):
     """`_RecipeSAM.prompt_loss`: one click alone trains the best of outputs
     1-3; a box, several clicks, or a click with a mask prompt (every
     refinement round) output 0 only."""
-    import keras
 
     from keras_sam.losses import SAMLoss
 
