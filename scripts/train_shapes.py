@@ -456,6 +456,15 @@ def parse_args(argv=None):
         "tight)",
     )
     parser.add_argument(
+        "--target-size",
+        choices=("low-res", "input"),
+        default="low-res",
+        help="resolution of the ground-truth masks: low-res (the decoder's "
+        "4x-embedding grid, the masks block-averaged onto it) or input "
+        "(the model input's pixels; the loss upsamples the logits to it "
+        "as the predictor does, so it sees the boundaries users get)",
+    )
+    parser.add_argument(
         "--export-dtype",
         choices=("float32", "float16"),
         default="float16",
@@ -575,7 +584,7 @@ def main(argv=None) -> int:
         image_size=(IMAGE_SIZE, IMAGE_SIZE),
         prompt="mixed",
         input_size=IMAGE_SIZE,
-        mask_size=4 * grid,
+        mask_size=4 * grid if args.target_size == "low-res" else IMAGE_SIZE,
         box_noise=args.box_noise,
         prompts_per_image=(
             None if args.prompts_per_image == 1 else args.prompts_per_image
@@ -639,6 +648,7 @@ def main(argv=None) -> int:
         "box_noise": args.box_noise,
         "refinement_iterations": args.refinement_iterations,
         "mask_only_iterations": args.mask_only_iterations,
+        "target_size": args.target_size,
         "config": config,
     }
     (output / "sam_shapes.json").write_text(json.dumps(record, indent=2))

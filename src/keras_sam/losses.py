@@ -7,14 +7,22 @@ IoU of the predicted (thresholded) mask with the ground truth, added with
 weight 1, and, for ambiguous prompts, backpropagate only from the predicted
 mask with the lowest mask loss.
 
-All functions take the ground truth and the logits at the same size: the
-decoder's low-resolution output, `4x` the image embedding (256x256 for SAM).
-Callers bring the ground truth to that size (`resize_masks`, or
-`keras_sam.datasets.ShapesDataset`, which yields it so).
+The functions take the ground truth and the logits at the same size. The
+decoder's masks are low-resolution, `4x` the image embedding (256x256 for
+SAM). `SAMLoss` takes the ground truth either at that size (`resize_masks`,
+or `keras_sam.datasets.ShapesDataset`, which yields it so by default) or at
+an integer multiple of it, e.g. the model input's resolution: it then
+upsamples the logits to the ground truth's size first (`upsample_logits`,
+the predictor's bilinear resize), so that the loss sees the boundaries of
+the masks users get rather than those of a coarse grid (SAM 2's training
+computes its losses on upsampled masks too).
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from keras_sam.transforms import bilinear_matrix
 
 
 def _pixel_axes(x) -> tuple[int, int]:
@@ -103,6 +111,34 @@ def mask_iou(y_true, logits, threshold: float = 0.0):
     intersection = ops.sum(pred * gt, axis=axes)
     union = ops.sum(pred, axis=axes) + ops.sum(gt, axis=axes) - intersection
     return ops.stop_gradient(intersection / ops.maximum(union, 1.0))
+
+
+def upsample_logits(logits, size: tuple[int, int]):
+    """Bilinear resize of mask logits `(..., h, w)` to `size = (H, W)`.
+
+    The same map as the predictor's first post-processing step (PyTorch's
+    `F.interpolate(mode="bilinear", align_corners=False)`, no antialias),
+    written as two constant matrices (`transforms.bilinear_matrix`):
+    differentiable and identical on every backend. Thresholding the result
+    at 0 gives the mask `SAMPredictor` returns for an image of the input's
+    size.
+
+    Args:
+        logits: `(..., h, w)` logits with a static spatial size.
+        size: `(H, W)` of the output.
+
+    Returns:
+        float32 `(..., H, W)`.
+    """
+    logits = ops.cast(logits, "float32")
+    h, w = (int(s) for s in tuple(logits.shape)[-2:])
+    big_h, big_w = (int(s) for s in size)
+    if (big_h, big_w) == (h, w):
+        return logits
+    rows = ops.convert_to_tensor(bilinear_matrix(h, big_h).astype(np.float32))
+    cols = ops.convert_to_tensor(bilinear_matrix(w, big_w).astype(np.float32))
+    logits = ops.einsum("...hw,Hh->...Hw", logits, rows)
+    return ops.einsum("...Hw,Ww->...HW", logits, cols)
 
 
 def resize_masks(masks, size: tuple[int, int]):
@@ -203,7 +239,9 @@ class SAMLoss(keras.losses.Loss):
 
     Call arguments:
         y_true: `(B, H, W)` or `(B, 1, H, W)` ground-truth masks in {0, 1},
-            at the decoder's low-res size `(4He, 4We)`.
+            at the decoder's low-res size `(4He, 4We)` or an integer
+            multiple of it (the logits are then upsampled to it first,
+            see `upsample_logits`).
         y_pred: dict with `"masks"`: `(B, T, H, W)` logits and
             `"iou_pred"`: `(B, T)` predicted IoUs (the decoder's output).
         With `K` prompts per image (`keras_sam.SAM`'s call), `y_true`
@@ -295,13 +333,18 @@ class SAMLoss(keras.losses.Loss):
             )
         for axis in (-2, -1):
             got, want = true_shape[axis], mask_shape[axis]
-            if None not in (got, want) and got != want:
+            if None in (got, want):
+                continue
+            if got < want or got % want:
                 raise ValueError(
                     "`y_true` must have the spatial size of the predicted "
                     "masks (the decoder's low-res size; see "
-                    "`keras_sam.losses.resize_masks`). Received: "
+                    "`keras_sam.losses.resize_masks`) or an integer "
+                    "multiple of it. Received: "
                     f"y_true.shape={true_shape}, masks.shape={mask_shape}"
                 )
+        if None not in true_shape[-2:] and true_shape[-2:] != mask_shape[-2:]:
+            masks = upsample_logits(masks, true_shape[-2:])
         return y_true, masks, iou_pred
 
     def call(self, y_true, y_pred):

@@ -328,6 +328,7 @@ class SAM(keras.Model):
     def _refinement_losses(self, x, y, outputs, image_embeddings, weight):
         """The losses of the refinement rounds (see `compile`)."""
         from keras_sam import refinement
+        from keras_sam.losses import upsample_logits
 
         prompts = _prompts(x)
         per_image = _prompts_per_image(prompts)
@@ -360,8 +361,12 @@ class SAM(keras.Model):
                     refinement.is_ambiguous(labels, has_boxes, has_masks),
                 )
             )  # (B', h, w)
+            # Clicks on the targets' grid: upsampled logits if it is finer.
             points, new_labels = refinement.sample_correction_points(
-                previous, targets, size, self.refinement_seed_generator
+                upsample_logits(previous, tuple(targets.shape)[-2:]),
+                targets,
+                size,
+                self.refinement_seed_generator,
             )
             skip = no_click[round_]  # (B',): the padding point instead
             points = ops.where(skip[:, None, None], 0.0, points)
