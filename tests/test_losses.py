@@ -229,6 +229,59 @@ def test_resize_masks_bilinear_keeps_constants():
     np.testing.assert_allclose(out, 0.75, rtol=1e-6)
 
 
+def torch_upsample(x, size):
+    """Independent reference: PyTorch's bilinear resize (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.tensor(np.asarray(x, np.float64))
+    lead = x.shape[:-2]
+    out = F.interpolate(
+        x.reshape(-1, 1, *x.shape[-2:]),
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+    )
+    return out.reshape(*lead, *size).numpy()
+
+
+@pytest.mark.parametrize("size", [(24, 30), (12, 10), (17, 23)])
+def test_upsample_logits_matches_torch_interpolate(size):
+    _, masks, _ = random_batch(5, b=2, t=3, h=12, w=10)
+    helpers.assert_close(
+        losses.upsample_logits(masks, size),
+        torch_upsample(masks, size),
+        1e-5,
+        f"upsample to {size}",
+    )
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_sam_loss_with_ground_truth_finer_than_the_logits(factor):
+    """Ground truth at `factor` x the logits' size: the loss is that of the
+    bilinearly upsampled logits (what the predictor thresholds)."""
+    rng = np.random.default_rng(6)
+    _, masks, iou_pred = random_batch(6, b=4, h=8, w=6)
+    y_true = (rng.uniform(size=(4, 8 * factor, 6 * factor)) > 0.6).astype(
+        "float32"
+    )
+    up = torch_upsample(masks, (8 * factor, 6 * factor))
+    for multimask_min in (True, False):
+        loss = losses.SAMLoss(multimask_min=multimask_min, reduction=None)
+        helpers.assert_close(
+            loss(y_true, {"masks": masks, "iou_pred": iou_pred}),
+            np_sam_loss(y_true, up, iou_pred, multimask_min),
+            LOSS_RTOL,
+            f"x{factor}, multimask_min={multimask_min}",
+        )
+    # Not an integer multiple, or coarser: refused, naming the sizes.
+    loss = losses.SAMLoss()
+    y_pred = {"masks": masks, "iou_pred": iou_pred}
+    for bad in (y_true[:, :-1], y_true[:, :4, :3]):
+        with pytest.raises(ValueError, match="integer multiple"):
+            loss(bad, y_pred)
+
+
 def test_sam_loss_config_round_trip():
     loss = losses.SAMLoss(
         focal_weight=10.0, iou_weight=0.5, supervise_all_iou=True, name="x"
@@ -345,6 +398,30 @@ def test_fit_with_several_prompts_per_image():
         4, 4, seed=0, image_size=(64, 64), input_size=64, prompts_per_image=4
     )
     x, y = data[0]
+    before = model.evaluate(x, y, batch_size=4, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=20, verbose=0)
+    after = model.evaluate(x, y, batch_size=4, verbose=0)
+    print(f"{keras.backend.backend()}: loss {before:.4f} -> {after:.4f}")
+    assert after < 0.7 * before, (before, after)
+
+
+def test_fit_with_input_resolution_targets_and_refinement():
+    """Ground truth at the input's 64x64 pixels (the logits are 16x16):
+    fit() with a correction-click round (drawn on the 64x64 grid) lowers
+    the loss on a fixed batch."""
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=losses.SAMLoss(),
+        refinement_iterations=1,
+    )
+    data = ShapesDataset(
+        4, 4, seed=0, image_size=(64, 64), input_size=64, mask_size=64,
+        prompts_per_image=2,
+    )  # fmt: skip
+    x, y = data[0]
+    assert y.shape == (4, 2, 64, 64)
     before = model.evaluate(x, y, batch_size=4, verbose=0)
     model.fit(x, y, batch_size=4, epochs=20, verbose=0)
     after = model.evaluate(x, y, batch_size=4, verbose=0)

@@ -130,7 +130,7 @@ def _run(train_shapes, output, *extra):
         "--hidden-size", "32", "--num-layers", "1", "--patch-size", "16",
         "--seed", "3", "--warmup-steps", "1", "--checkpoint-every", "1",
         "--refinement-iterations", "1", "--mask-only-iterations", "2",
-        "--export-dtype", "float32",
+        "--export-dtype", "float32", "--target-size", "input",
         "--output", str(output), *extra,
     ]  # fmt: skip
     assert train_shapes.main(args) == 0
@@ -170,6 +170,7 @@ def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
     assert [r["resumed_from_step"] for r in records] == [0, 2]
     assert all(r["refinement_iterations"] == 1 for r in records)
     assert all(r["mask_only_iterations"] == 2 for r in records)
+    assert all(r["target_size"] == "input" for r in records)
     losses = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
     assert len(losses["losses"]) == 4
 

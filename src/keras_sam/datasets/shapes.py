@@ -282,9 +282,12 @@ class ShapesDataset(keras.utils.PyDataset):
             box with probability 1/2).
         input_size: Side of the square padded model input (the image
             encoder's `image_shape[0]`, 1024 for SAM).
-        mask_size: Side of the decoder's low-res masks (the prompt encoder's
-            `mask_input_size`, `4x` the embedding); default
-            `input_size // 4` (patch size 16). Must divide `input_size`.
+        mask_size: Side of the ground-truth masks: by default the
+            decoder's low-res masks (the prompt encoder's
+            `mask_input_size`, `4x` the embedding), `input_size // 4`
+            (patch size 16); or a multiple of it, up to `input_size` (the
+            input's pixels), which `SAMLoss` compares with the upsampled
+            logits. Must divide `input_size`.
         num_objects: `(min, max)` objects per scene.
         box_noise: Standard deviation of the box jitter, fraction of the
             side.
