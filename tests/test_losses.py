@@ -426,4 +426,6 @@ def test_fit_with_input_resolution_targets_and_refinement():
     model.fit(x, y, batch_size=4, epochs=20, verbose=0)
     after = model.evaluate(x, y, batch_size=4, verbose=0)
     print(f"{keras.backend.backend()}: loss {before:.4f} -> {after:.4f}")
+    # Measured: JAX 3.088 -> 1.318, torch 3.316 -> 1.300, TensorFlow
+    # 3.637 -> 1.464 (ratios 0.39-0.43).
     assert after < 0.7 * before, (before, after)
