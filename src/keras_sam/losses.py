@@ -131,14 +131,20 @@ def upsample_logits(logits, size: tuple[int, int]):
         float32 `(..., H, W)`.
     """
     logits = ops.cast(logits, "float32")
-    h, w = (int(s) for s in tuple(logits.shape)[-2:])
+    shape = tuple(logits.shape)
+    h, w = (int(s) for s in shape[-2:])
     big_h, big_w = (int(s) for s in size)
     if (big_h, big_w) == (h, w):
         return logits
-    rows = ops.convert_to_tensor(bilinear_matrix(h, big_h).astype(np.float32))
-    cols = ops.convert_to_tensor(bilinear_matrix(w, big_w).astype(np.float32))
-    logits = ops.einsum("...hw,Hh->...Hw", logits, rows)
-    return ops.einsum("...Hw,Ww->...HW", logits, cols)
+    rows = bilinear_matrix(h, big_h).astype(np.float32)  # (H, h)
+    cols = bilinear_matrix(w, big_w).T.astype(np.float32)  # (w, W)
+    # Plain matmuls on (N, h, w) (an ellipsis einsum crashed TensorFlow's
+    # compiled training step).
+    flat = ops.reshape(logits, (-1, h, w))
+    flat = ops.matmul(ops.convert_to_tensor(rows)[None], flat)  # (N, H, w)
+    flat = ops.matmul(flat, ops.convert_to_tensor(cols)[None])  # (N, H, W)
+    lead = tuple(ops.shape(logits))[:-2]  # dynamic where unknown
+    return ops.reshape(flat, (*lead, big_h, big_w))
 
 
 def resize_masks(masks, size: tuple[int, int]):
