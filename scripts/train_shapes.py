@@ -456,6 +456,13 @@ def parse_args(argv=None):
         "tight)",
     )
     parser.add_argument(
+        "--box-fraction",
+        type=float,
+        default=0.5,
+        help="probability that a training prompt is a box rather than a "
+        "click (each refinement round then adds clicks to either)",
+    )
+    parser.add_argument(
         "--target-size",
         choices=("low-res", "input"),
         default="low-res",
@@ -502,6 +509,10 @@ def parse_args(argv=None):
             )
     if args.box_noise < 0:
         parser.error(f"--box-noise must be >= 0. Received: {args.box_noise}")
+    if not 0 <= args.box_fraction <= 1:
+        parser.error(
+            f"--box-fraction must be in [0, 1]. Received: {args.box_fraction}"
+        )
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
     return args
@@ -586,6 +597,7 @@ def main(argv=None) -> int:
         input_size=IMAGE_SIZE,
         mask_size=4 * grid if args.target_size == "low-res" else IMAGE_SIZE,
         box_noise=args.box_noise,
+        box_fraction=args.box_fraction,
         prompts_per_image=(
             None if args.prompts_per_image == 1 else args.prompts_per_image
         ),
@@ -646,6 +658,7 @@ def main(argv=None) -> int:
         "supervise_all_iou": args.supervise_all_iou,
         "train_only": args.train_only,
         "box_noise": args.box_noise,
+        "box_fraction": args.box_fraction,
         "refinement_iterations": args.refinement_iterations,
         "mask_only_iterations": args.mask_only_iterations,
         "target_size": args.target_size,

@@ -181,6 +181,20 @@ def test_mixed_prompts_use_both_kinds():
         assert labels.tolist() in ([1, -1], [2, 3])
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.8, 1.0])
+def test_box_fraction_sets_the_share_of_boxes(fraction):
+    data = ShapesDataset(60, 6, seed=7, box_fraction=fraction, **SMALL)
+    kinds = [data.example(j)["prompt"] for j in range(60)]
+    boxes = kinds.count("box")
+    if fraction in (0.0, 1.0):
+        assert boxes == 60 * fraction
+    else:  # Binomial(60, 0.8): mean 48, sd 3.1; seed 7 drew 48.
+        assert 40 <= boxes <= 56, boxes
+    x, _ = data[0]
+    for kind, labels in zip(kinds[:6], x["labels"], strict=True):
+        assert labels.tolist() == ([2, 3] if kind == "box" else [1, -1])
+
+
 def test_ground_truth_matches_the_mask_area():
     # Fine low-res grid (256 input, 64x64 masks): the ground truth's area,
     # back in scene pixels, is the visible mask's area. Measured ratios:
@@ -202,6 +216,8 @@ def test_ground_truth_matches_the_mask_area():
         (dict(batch_size=0), "batch_size"),
         (dict(num_examples=2.5), "num_examples"),
         (dict(box_noise=-0.1), "box_noise"),
+        (dict(box_fraction=1.5), "box_fraction"),
+        (dict(box_fraction=-0.1), "box_fraction"),
         (dict(image_size=(8, 8)), "image_size"),
     ],
 )

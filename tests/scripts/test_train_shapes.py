@@ -171,6 +171,7 @@ def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
     assert all(r["refinement_iterations"] == 1 for r in records)
     assert all(r["mask_only_iterations"] == 2 for r in records)
     assert all(r["target_size"] == "input" for r in records)
+    assert all(r["box_fraction"] == 0.5 for r in records)
     losses = json.loads((tmp_path / "a" / "checkpoint.json").read_text())
     assert len(losses["losses"]) == 4
 
@@ -185,6 +186,16 @@ def test_negative_round_counts_and_noise_are_refused(
         train_shapes.main([flag, "-1", "--output", str(tmp_path)])
     assert f"{flag} must be >= 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before building anything
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_box_fraction_outside_0_1_is_refused(
+    train_shapes, tmp_path, capsys, value
+):
+    with pytest.raises(SystemExit):
+        train_shapes.main(["--box-fraction", value, "--output", str(tmp_path)])
+    assert "--box-fraction must be in [0, 1]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_recipe_loss_supervises_output_0_unless_one_click_alone(train_shapes):

@@ -278,8 +278,8 @@ class ShapesDataset(keras.utils.PyDataset):
         batch_size: Examples per batch.
         seed: Non-negative int.
         image_size: `(H, W)` of the generated scenes.
-        prompt: `"point"`, `"box"` or `"mixed"` (each example a point or a
-            box with probability 1/2).
+        prompt: `"point"`, `"box"` or `"mixed"` (each example a box with
+            probability `box_fraction`, else a point).
         input_size: Side of the square padded model input (the image
             encoder's `image_shape[0]`, 1024 for SAM).
         mask_size: Side of the ground-truth masks: by default the
@@ -293,6 +293,8 @@ class ShapesDataset(keras.utils.PyDataset):
             side.
         max_box_noise: Cap of the box jitter, in pixels of a 1024 input
             (scaled by `input_size / 1024`).
+        box_fraction: Probability that a `"mixed"` prompt is a box, in
+            `[0, 1]` (default 1/2).
         prompts_per_image: None (one prompt per example) or an int `K >= 1`
             (`K` prompts per example, each with its own target mask).
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
@@ -340,6 +342,7 @@ class ShapesDataset(keras.utils.PyDataset):
         num_objects: tuple[int, int] = (2, 5),
         box_noise: float = 0.1,
         max_box_noise: float = 20.0,
+        box_fraction: float = 0.5,
         prompts_per_image: int | None = None,
         **kwargs,
     ):
@@ -377,6 +380,11 @@ class ShapesDataset(keras.utils.PyDataset):
                     f"`{name}` must be a non-negative number. Received: "
                     f"{name}={value}"
                 )
+        if not 0.0 <= float(box_fraction) <= 1.0:
+            raise ValueError(
+                "`box_fraction` must be a number in [0, 1]. Received: "
+                f"box_fraction={box_fraction}"
+            )
         if prompts_per_image is not None:
             prompts_per_image = integer("prompts_per_image", prompts_per_image)
         self.prompts_per_image = (
@@ -392,6 +400,7 @@ class ShapesDataset(keras.utils.PyDataset):
         self.num_objects = _num_objects(num_objects)
         self.box_noise = float(box_noise)
         self.max_box_noise = float(max_box_noise)
+        self.box_fraction = float(box_fraction)
         # Where the scene lands inside the padded model input.
         self.resized_size = transforms.preprocess_shape(
             self.image_size, self.input_size
@@ -517,7 +526,8 @@ class ShapesDataset(keras.utils.PyDataset):
         """`(kind, coords, points, labels)` of one prompt for `mask`."""
         kind = self.prompt
         if kind == "mixed":
-            kind = "point" if rng.random() < 0.5 else "box"
+            # 1 - 0.5 == 0.5 exactly: the default draws as before.
+            kind = "point" if rng.random() < 1.0 - self.box_fraction else "box"
         if kind == "point":
             coords, labels = self._point(rng, mask), [1, -1]
         else:
