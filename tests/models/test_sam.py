@@ -207,12 +207,10 @@ def test_bundled_shapes_model_on_200_held_out_pictures():
     Issue 6's targets are 0.85 (click) and 0.90 (box). The current model
     (stage 10, trained with correction rounds on input-resolution ground
     truth, most prompts boxes; measured on JAX: 0.868 and 0.893, recorded
-    in sam_shapes.json)
-    meets the click target, so this
-    asserts it, and asserts the box at the level the model reaches, a
-    little below the measured figure; and that it beats the same
-    architecture with random weights by far. Raise the box bound to 0.90
-    when a model meets it.
+    in sam_shapes.json) meets the click target, so this asserts it, and
+    asserts the box at the level the model reaches, a little below the
+    measured figure; and that it beats the same architecture with random
+    weights by far. Raise the box bound to 0.90 when a model meets it.
     """
     import json
     from pathlib import Path
