@@ -50,6 +50,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -208,6 +209,32 @@ def _resize_linear(table: np.ndarray, size: int, axis: int) -> np.ndarray:
     return (1.0 - frac) * take(lo) + frac * take(lo + 1)
 
 
+_BLOCK = re.compile(r"/image_encoder/block_(\d+)/")
+# A pre-norm block whose two residual branches end in zeros is the identity.
+_RESIDUAL_OUTPUTS = ("/attention/proj/", "/mlp/layer_1/")
+
+
+def _new_block_value(v, state: dict) -> np.ndarray:
+    """Initial value of a variable of an image-encoder block that `state`
+    lacks, the model having more blocks than the initial weights: its own
+    (seeded random) initial value, but zeros for the output projection of
+    the attention and of the MLP, so that the new block starts as the
+    identity (`x + 0`, then `x + 0`) and the deeper model computes at
+    step 0 exactly what the initial weights did. Only blocks past the
+    initial weights' last one may be added."""
+    found = _BLOCK.search(v.path)
+    if found is None:
+        raise ValueError(f"{v.path!r} is not in the initial weights")
+    index = int(found.group(1))
+    have = {int(m.group(1)) for m in map(_BLOCK.search, state) if m is not None}
+    if not have or index <= max(have):
+        raise ValueError(f"{v.path!r} is not in the initial weights")
+    value = np.asarray(keras.ops.convert_to_numpy(v), np.float32)
+    if any(part in v.path for part in _RESIDUAL_OUTPUTS):
+        value = np.zeros_like(value)
+    return value
+
+
 def resample_state(state: dict, model) -> dict[str, np.ndarray]:
     """`state` (`{variable.path: array}` of a shapes model) fitted to
     `model`, whose image encoder may have another patch size.
@@ -220,13 +247,16 @@ def resample_state(state: dict, model) -> dict[str, np.ndarray]:
     grid, first and last samples kept (`align_corners=True`; the middle of
     a relative table, distance 0, stays too). The official `get_rel_pos`
     also resizes its tables linearly, with `align_corners=False`; training
-    goes on from here, so either start serves. Any other difference is an
-    error.
+    goes on from here, so either start serves. A model with more
+    image-encoder blocks than `state` gets the extra blocks at the end,
+    initialised as the identity (`_new_block_value`). Any other difference
+    is an error.
     """
     out = {}
     for v in model.weights:
         if v.path not in state:
-            raise ValueError(f"{v.path!r} is not in the initial weights")
+            out[v.path] = _new_block_value(v, state)
+            continue
         old = np.asarray(state[v.path], np.float32)
         new_shape = tuple(v.shape)
         name = v.path.rsplit("/", 1)[-1]

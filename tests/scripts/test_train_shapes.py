@@ -1,5 +1,5 @@
-"""`scripts/train_shapes.py`: moving weights to a finer patch size, training
-part of the model (`--train-only`)."""
+"""`scripts/train_shapes.py`: moving weights to a finer patch size or a
+deeper image encoder, training part of the model (`--train-only`)."""
 
 import json
 
@@ -81,6 +81,46 @@ def test_resample_state_names_what_it_cannot_fit(train_shapes):
     del state[missing]
     with pytest.raises(ValueError, match="not in the initial weights"):
         train_shapes.resample_state(state, model)
+
+
+def test_resample_state_to_more_blocks_starts_as_the_same_model(
+    train_shapes,
+):
+    shallow = train_shapes.build_model(train_shapes.model_config())
+    state = _state(shallow, 1)
+    state = {p: 0.1 * v for p, v in state.items()}  # moderate activations
+    for v in shallow.weights:
+        v.assign(state[v.path])
+    deep = train_shapes.build_model(train_shapes.model_config(num_layers=6))
+    before = {v.path: keras.ops.convert_to_numpy(v) for v in deep.weights}
+    out = train_shapes.resample_state(state, deep)
+    assert list(out) == [v.path for v in deep.weights]
+    added = [p for p in out if p not in state]
+    assert added and all(("/block_4/" in p or "/block_5/" in p) for p in added)
+    zeroed = {
+        p for p in added if "/attention/proj/" in p or "/mlp/layer_1/" in p
+    }
+    assert len(zeroed) == 8  # kernel and bias of two projections, 2 blocks
+    for p in added:
+        if p in zeroed:
+            np.testing.assert_array_equal(out[p], 0.0)
+        else:  # the deep model's own initial value
+            np.testing.assert_array_equal(out[p], before[p])
+    assert any(np.abs(out[p]).max() > 0 for p in added if "qkv/kernel" in p)
+    for v in deep.weights:
+        v.assign(out[v.path])
+    image = np.random.default_rng(2).uniform(0, 255, (1, 256, 256, 3))
+    image = image.astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(deep.image_encoder(image)),
+        keras.ops.convert_to_numpy(shallow.image_encoder(image)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Only blocks past the last one of the initial weights may be added.
+    del state[next(p for p in state if "/block_1/attention/proj/" in p)]
+    with pytest.raises(ValueError, match="block_1.*not in the initial"):
+        train_shapes.resample_state(state, deep)
 
 
 @pytest.mark.parametrize("train_only", ["iou_head", "decoder"])
