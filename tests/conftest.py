@@ -12,3 +12,23 @@ def fresh_keras_session():
     policy = keras.config.dtype_policy()
     yield
     keras.config.set_dtype_policy(policy)
+
+
+def pytest_configure(config):
+    """On JAX, a persistent compilation cache for the session (a temporary
+    folder, removed at the end): tests that compile the same program again
+    (training runs of the same tiny model, repeated predictor calls) load
+    the executable XLA already built instead of compiling it anew."""
+    if keras.backend.backend() != "jax":
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+
+    folder = tempfile.mkdtemp(prefix="keras_sam_xla_cache_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
