@@ -68,10 +68,10 @@ PRESETS = {
     "sam_shapes": dict(
         image_encoder=dict(
             hidden_size=128,
-            num_layers=6,
+            num_layers=8,
             intermediate_dim=512,
             num_heads=4,
-            global_attention_layer_indices=(0, 1, 2, 3, 4, 5),
+            global_attention_layer_indices=tuple(range(8)),
             image_shape=(256, 256, 3),
             patch_size=8,
             num_output_channels=128,
