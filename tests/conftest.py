@@ -16,9 +16,10 @@ def fresh_keras_session():
 
 def pytest_configure(config):
     """On JAX, a persistent compilation cache for the session (a temporary
-    folder, removed at the end): tests that compile the same program again
-    (training runs of the same tiny model, repeated predictor calls) load
-    the executable XLA already built instead of compiling it anew."""
+    folder, removed at the end): a test that compiles a program an earlier
+    one already compiled (e.g. the four training runs of the same tiny model
+    in `tests/scripts/test_train_shapes.py`) loads the executable XLA built
+    instead of compiling it anew. Only compiles over 0.5 s are kept."""
     if keras.backend.backend() != "jax":
         return
     import atexit
