@@ -4,6 +4,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-write",
         action="store_true",
-        help="print the table only; do not append to BENCHMARKS.md",
+        help="print the table only; do not write it to BENCHMARKS.md",
     )
     return p
 
@@ -111,19 +112,82 @@ def table(rows: list[tuple], headers: tuple) -> str:
     return "\n".join([line + " |", sep, *body])
 
 
+HISTORY = "<!-- history -->"
+
+
+def _insert(text: str, at: str, new: str) -> str:
+    """`new` before the marker `at` if `text` has it, else at the end."""
+    if at in text:
+        k = text.index(at)
+        return text[:k] + new + "\n" + text[k:]
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + new
+
+
+def write_run(path: Path, title: str, slot: str, block: str) -> None:
+    """Make `block` the latest run of case `title` on `slot` in `path`.
+
+    A case is a `## title` section between `<!-- latest:CASE -->` and
+    `<!-- /latest:CASE -->`; each of its runs starts with `<!-- run:SLOT -->`
+    (SLOT: backend/device), one per slot. The run `block` replaces moves, as
+    it was, to the end of the case's history section (oldest first) under
+    the `<!-- history -->` marker that ends the latest sections. Missing
+    sections are created; hand-written text around the runs is kept.
+    """
+    text = path.read_text() if path.exists() else ""
+    case = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    marker = f"<!-- run:{slot} -->"
+    run = f"{marker}\n{block.strip()}\n\n"
+    start, end = f"<!-- latest:{case} -->", f"<!-- /latest:{case} -->"
+    if start not in text:
+        section = f"{start}\n## {title}\n\n{run}{end}\n"
+        path.write_text(_insert(text, HISTORY, section))
+        return
+    i = text.index(start) + len(start)
+    j = text.index(end, i)
+    preamble, *runs = re.split(r"(?m)^(?=<!-- run:)", text[i:j])
+    slots = [r.split("\n", 1)[0] for r in runs]
+    old = None
+    if marker in slots:
+        old = runs[slots.index(marker)]
+        runs[slots.index(marker)] = run
+    else:
+        runs.append(run)
+    runs = [r.rstrip("\n") + "\n\n" for r in runs]
+    text = text[:i] + preamble + "".join(runs) + text[j:]
+    if old is not None:
+        h_start, h_end = f"<!-- history:{case} -->", f"<!-- /history:{case} -->"
+        if HISTORY not in text:
+            text = text.rstrip("\n") + f"\n\n{HISTORY}\n# History\n"
+        if h_start not in text:
+            text = text.rstrip("\n") + (
+                f"\n\n{h_start}\n## History: {title}\n\n{h_end}\n"
+            )
+        k = text.index(h_end)
+        text = text[:k] + old.rstrip("\n") + "\n\n" + text[k:]
+    path.write_text(text)
+
+
 def report(title: str, text: str, args) -> None:
-    """Print `text` and append it to BENCHMARKS.md with the command."""
+    """Print `text` and write it, with the command, to BENCHMARKS.md as the
+    latest run of `title` on this backend and device (see `write_run`)."""
     command = "python " + " ".join(
         [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
     )
     stamp = datetime.date.today().isoformat()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.device}"
+    # `setup` defaults to jax; a parent that only ran `setup_env_only`
+    # passes the same environment to its children.
+    backend = os.environ.get("KERAS_BACKEND") or "jax"
     block = (
-        f"\n## {title}\n\n{stamp}, {machine}, "
-        f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}, "
-        f"{args.threads} threads\n\n```sh\n{command}\n```\n\n{text}\n"
+        f"### {backend} ({args.device}), {stamp}\n\n{stamp}, {machine}, "
+        f"KERAS_BACKEND={backend}, {args.threads} threads\n\n"
+        f"```sh\n{command}\n```\n\n{text}\n"
     )
-    print(block)
+    print(f"\n## {title}\n\n{block}")
     if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(block)
+        slot = f"{backend}/{args.device}"
+        write_run(ROOT / "BENCHMARKS.md", title, slot, block)
+        print(
+            f"BENCHMARKS.md: latest {title!r} on {slot} written; "
+            "update its row in the summary table by hand."
+        )

@@ -218,7 +218,7 @@ def load_official_into_hf(model, ref_encoder, ref_decoder) -> None:
 
 
 def _import_transformers_sam():
-    """Import transformers' SAM while `tests.reference.official`'s
+    """Import transformers' SAM while `support.reference.official`'s
     torchvision stub (a module without `__spec__`, which transformers'
     package probes reject) is hidden; transformers caches "no torchvision"."""
     stub = {
@@ -392,7 +392,7 @@ def onnx_reference(
     import onnxruntime as ort
     import torch
 
-    from tests.reference import official  # stubs torchvision first
+    from support.reference import official  # stubs torchvision first
 
     low_res_cls, no_image_encoder = _low_res_onnx_model_class()
     providers = ["CPUExecutionProvider"]

@@ -61,8 +61,8 @@ def _child(system: str, height: int, width: int, settings: dict) -> dict:
     import numpy as np
 
     import keras_sam
-    from tests.reference import official
-    from tests.test_predictor import _image
+    from support.fixtures import smooth_image as _image
+    from support.reference import official
 
     image = _image((height, width, 3), seed=0)
     ref_model = official.make_sam(

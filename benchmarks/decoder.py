@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     import torch
 
     import keras_sam
-    from keras_sam._backend_compile import compile_inference
+    from keras_sam.backend.compile import compile_inference
     from keras_sam.models.sam import decode_prompts
-    from tests.reference import official
+    from support.reference import official
 
     device = "cuda" if args.device == "gpu" else "cpu"
     ref_encoder = official.make_prompt_encoder(seed=0).to(device)

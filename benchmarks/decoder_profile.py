@@ -3,7 +3,7 @@ with its arithmetic (GFLOP) and the rate it reaches.
 
 ViT-B decoder (random weights), one 64x64x256 image embedding, `--batch`
 single-point prompts (7 tokens each). Each part runs compiled on its own
-(`keras_sam._backend_compile.compile_inference`), on inputs of the shape it
+(`keras_sam.backend.compile.compile_inference`), on inputs of the shape it
 sees inside the decoder; the parts' times add up to about the whole
 decoder's. Matrix products are counted as 2 FLOP per multiply-add;
 element-wise parts (norms, GELU) have no FLOP figure. Attention is counted
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import keras_sam
-    from keras_sam._backend_compile import compile_inference
+    from keras_sam.backend.compile import compile_inference
 
     decoder = keras_sam.SAMMaskDecoder(
         hidden_size=256, num_layers=2, intermediate_dim=2048, num_heads=8

@@ -36,7 +36,7 @@ def _measure(args, system: str) -> dict:
     import numpy as np
     import torch
 
-    from tests.reference import official
+    from support.reference import official
 
     config = _config(args.preset)
     ref = official.make_image_encoder(config, seed=0)
@@ -51,7 +51,7 @@ def _measure(args, system: str) -> dict:
         import keras
 
         import keras_sam
-        from keras_sam._backend_compile import compile_inference
+        from keras_sam.backend.compile import compile_inference
 
         encoder = keras_sam.SAMImageEncoder(**config)
         keras_sam.load_official_weights(encoder, ref.state_dict())

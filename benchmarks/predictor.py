@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     import torch
 
     import keras_sam
-    from tests.reference import official
+    from support.reference import official
 
     ref_model = official.make_sam(
         TINY_ENCODER, prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8

@@ -54,13 +54,13 @@ ROWS = (
     ),
     (
         "predictor end to end: image embedding",
-        "tests/test_predictor.py",
+        "tests/inference/test_predictor.py",
         ("test_image_embedding_matches_official",),
         None,
     ),
     (
         "predictor end to end: low-res logits",
-        "tests/test_predictor.py",
+        "tests/inference/test_predictor.py",
         (
             "test_predict_matches_official",
             "test_mask_input_from_a_previous_prediction",
@@ -70,7 +70,7 @@ ROWS = (
     ),
     (
         "predictor end to end: scores",
-        "tests/test_predictor.py",
+        "tests/inference/test_predictor.py",
         (
             "test_predict_matches_official",
             "test_mask_input_from_a_previous_prediction",

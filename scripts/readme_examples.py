@@ -56,10 +56,10 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from keras_sam import visualize
-    from keras_sam.datasets.shapes import make_scene
-    from keras_sam.evaluation import interior_point
-    from keras_sam.evaluation import tight_box
+    from keras_sam import io
+    from keras_sam.training.datasets.shapes import make_scene
+    from keras_sam.training.evaluation import interior_point
+    from keras_sam.training.evaluation import tight_box
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     image, masks = make_scene(SCENE_SEED, SCENE_SIZE)
     scene = out / "scene.png"
-    visualize.save_png(image, scene)
+    io.write_png(image, scene)
     order = np.argsort([-m.sum() for m in masks])
     x, y = interior_point(masks[order[0]]).astype(int)
     x1, y1, x2, y2 = tight_box(masks[order[1]]).astype(int)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from tests.reference import official
+    from support.reference import official
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "sam_vit_b_random.pth"

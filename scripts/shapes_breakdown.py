@@ -6,7 +6,7 @@ Usage (from the repository root, test extras installed):
     python scripts/shapes_breakdown.py --num-images 100
     python scripts/shapes_breakdown.py --weights runs/x/sam_shapes.safetensors
 
-Runs `keras_sam.evaluation.shapes_objects` on the first `--num-images`
+Runs `keras_sam.training.evaluation.shapes_objects` on the first `--num-images`
 held-out pictures (the bundled `sam_shapes` weights unless `--weights`
 names a `scripts/train_shapes.py` export) and prints two Markdown tables:
 mean IoU from a click (the best-scored of three masks), of the best of the
@@ -32,11 +32,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
-from keras_sam.datasets.shapes import make_scene  # noqa: E402
-from keras_sam.evaluation import EVALUATION_SEED  # noqa: E402
-from keras_sam.evaluation import interior_point  # noqa: E402
-from keras_sam.evaluation import mask_iou  # noqa: E402
-from keras_sam.evaluation import shapes_objects  # noqa: E402
+from keras_sam.training.datasets.shapes import make_scene  # noqa: E402
+from keras_sam.training.evaluation import EVALUATION_SEED  # noqa: E402
+from keras_sam.training.evaluation import interior_point  # noqa: E402
+from keras_sam.training.evaluation import mask_iou  # noqa: E402
+from keras_sam.training.evaluation import shapes_objects  # noqa: E402
 
 AREA_BINS = [0, 500, 1000, 2000, 4000, 8000, None]
 PIECE_BINS = [(1, 1), (2, 2), (3, None)]
@@ -113,7 +113,7 @@ def correction_click(predicted, truth):
 def correction_round(model, num_images: int) -> dict:
     """Mean IoU of the first click and of the two-click second round, with
     and without the first mask fed back (see the module docstring)."""
-    from keras_sam.predictor import SAMPredictor
+    from keras_sam.inference.predictor import SAMPredictor
 
     predictor = SAMPredictor(model)
     first, again, again_with_mask = [], [], []

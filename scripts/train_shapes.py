@@ -39,7 +39,7 @@ metadata holds `"format":
 dicts). `load_model` below rebuilds the model from it. The JSON records the
 command, steps, wall time, final training loss and the config dicts;
 `--evaluate-images N` (or a later `--evaluate-only`) adds the held-out
-`keras_sam.evaluation.evaluate_shapes` result of the exported file.
+`keras_sam.training.evaluation.evaluate_shapes` result of the exported file.
 
 Training seeds must be below `keras_sam.evaluation.EVALUATION_SEED`: scenes
 are drawn from `(seed, index, attempt, 1)`, so scenes of different seeds
@@ -63,12 +63,12 @@ import numpy as np  # noqa: E402
 
 from keras_sam.convert.checkpoint import read_state_dict  # noqa: E402
 from keras_sam.convert.checkpoint import write_safetensors  # noqa: E402
-from keras_sam.datasets import ShapesDataset  # noqa: E402
-from keras_sam.losses import SAMLoss  # noqa: E402
 from keras_sam.models.sam import SAM  # noqa: E402
+from keras_sam.training.datasets import ShapesDataset  # noqa: E402
+from keras_sam.training.losses import SAMLoss  # noqa: E402
 
 IMAGE_SIZE = 256
-EVALUATION_SEED = 10_000_000  # = keras_sam.evaluation.EVALUATION_SEED
+EVALUATION_SEED = 10_000_000  # = keras_sam.training.evaluation.EVALUATION_SEED
 FORMAT = "keras_sam.variable_paths"
 
 
@@ -124,7 +124,7 @@ class _RecipeSAM(SAM):
     def prompt_loss(self, x, y, outputs, sample_weight=None):
         from keras import ops
 
-        from keras_sam.refinement import is_ambiguous
+        from keras_sam.training.refinement import is_ambiguous
 
         # (B, [K,] T, H, W) masks, (B, [K,] T) IoUs; T on axis -3 / -1.
         masks, iou_pred = outputs["masks"], outputs["iou_pred"]
@@ -550,7 +550,7 @@ def parse_args(argv=None):
 
 def evaluate(output: Path, num_images: int, command: str) -> dict:
     """Evaluate the exported model; record the result in its JSON."""
-    from keras_sam.evaluation import evaluate_shapes
+    from keras_sam.training.evaluation import evaluate_shapes
 
     model = load_model(output / "sam_shapes.safetensors")
     began = time.perf_counter()
@@ -568,7 +568,12 @@ def evaluate(output: Path, num_images: int, command: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv])
+    # Recorded without this machine's paths: the interpreter as `python`,
+    # the script relative to the working folder when it lies below it.
+    script = os.path.relpath(os.path.abspath(sys.argv[0]))
+    if script.startswith(".."):
+        script = os.path.basename(script)
+    command = shlex.join(["python", script, *sys.argv[1:]])
     output = args.output
     if args.evaluate_only:
         evaluate(output, args.evaluate_images or 200, command)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from keras_sam import visualize
 
@@ -62,12 +61,3 @@ def test_colours_are_distinct():
 def test_bad_inputs(image, masks, match):
     with pytest.raises(ValueError, match=match):
         visualize.overlay(image, masks)
-
-
-def test_save_png_round_trip(tmp_path):
-    image, masks = _scene()
-    path = tmp_path / "o.png"
-    visualize.save_png(visualize.overlay(image, masks), path)
-    with Image.open(path) as im:
-        assert im.mode == "RGB"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png"]

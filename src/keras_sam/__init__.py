@@ -5,24 +5,32 @@ The public names below are imported lazily (PEP 562), so that importing
 before `--backend` has chosen the backend.
 """
 
-from keras_sam._lazy import exports
+from keras_sam.lazy import exports
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
     "SAM": "keras_sam.models.sam",
-    "SAMPredictor": "keras_sam.predictor",
     "SAMImageEncoder": "keras_sam.models.image_encoder",
     "SAMMaskDecoder": "keras_sam.layers.mask_decoder",
     "SAMPromptEncoder": "keras_sam.layers.prompt_encoder",
+    "SAMPredictor": "keras_sam.inference.predictor",
+    "SAMAutomaticMaskGenerator": "keras_sam.inference.automatic_mask_generator",
+    "SAMLoss": "keras_sam.training.losses",
+    "ShapesDataset": "keras_sam.training.datasets.shapes",
+    "evaluate_shapes": "keras_sam.training.evaluation",
     "load_official_weights": "keras_sam.convert.weights",
+    # rooms
     "layers": "keras_sam.layers",
     "models": "keras_sam.models",
     "convert": "keras_sam.convert",
-    "datasets": "keras_sam.datasets",
-    "losses": "keras_sam.losses",
-    "SAMAutomaticMaskGenerator": "keras_sam.automatic_mask_generator",
+    "inference": "keras_sam.inference",
+    "training": "keras_sam.training",
+    # short names for the training rooms' public modules
+    "datasets": "keras_sam.training.datasets",
+    "losses": "keras_sam.training.losses",
+    "evaluation": "keras_sam.training.evaluation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -158,23 +158,3 @@ def _with_legend(picture, count: int, scores, labels):
         draw.rectangle((x0, y + 1, x0 + 10, y + 11), fill=color(i))
         draw.text((x0 + 16, y), text, fill=(0, 0, 0))
     return canvas
-
-
-def save_png(array: np.ndarray, path) -> None:
-    """Write a uint8 `(H, W, 3)` or `(H, W)` array as a PNG, atomically."""
-    import os
-    import tempfile
-
-    from PIL import Image
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.asarray(array)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import keras_sam
 from keras_sam.convert import checkpoint
-from tests.reference import official  # installs the torchvision stub
+from support.reference import official  # installs the torchvision stub
 
 TINY_ENCODER = dict(
     img_size=64,

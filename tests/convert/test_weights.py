@@ -11,8 +11,8 @@ import keras_sam
 from keras_sam.convert import torch_mapping
 from keras_sam.layers import SAMMaskDecoder
 from keras_sam.layers import SAMPromptEncoder
+from support.reference import official
 from tests import helpers
-from tests.reference import official
 
 # Small configurations: (ours kwargs, official kwargs).
 SMALL_ENCODER = (

@@ -6,8 +6,8 @@ import torch
 
 import keras_sam
 from keras_sam.layers import SAMMaskDecoder
+from support.reference import official
 from tests import helpers
-from tests.reference import official
 
 # name: (ours kwargs, official kwargs, embedding (H, W))
 CONFIGS = {

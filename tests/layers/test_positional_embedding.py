@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from keras_sam.layers import RandomFrequencyPositionalEmbeddings
+from support.reference import official
 from tests import helpers
 from tests.layers import _subparity
-from tests.reference import official
 
 
 def make_pair(num_features=12):

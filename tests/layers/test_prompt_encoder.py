@@ -6,8 +6,8 @@ import torch
 
 import keras_sam
 from keras_sam.layers import SAMPromptEncoder
+from support.reference import official
 from tests import helpers
-from tests.reference import official
 
 # (ours, official) constructor arguments.
 CONFIGS = {

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from keras_sam.layers import TwoWayTransformer
+from support.reference import official
 from tests import helpers
 from tests.layers import _subparity
-from tests.reference import official
 
 
 @pytest.mark.parity

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import keras_sam
-import tests.reference.official as official  # installs the torchvision stub
+import support.reference.official as official  # installs the torchvision stub
 from keras_sam.models import SAMImageEncoder
 from tests import helpers
 

@@ -8,6 +8,9 @@ import pytest
 
 from tests import helpers
 
+# End to end; `make test` runs it on one backend (see the Makefile).
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).parents[2]
 RTOL = 1e-5
 
@@ -26,7 +29,7 @@ def test_every_row_names_existing_tests(script):
 
 def test_table_takes_the_worst_of_each_row(script):
     decoder = "tests/layers/test_mask_decoder.py"
-    predictor = "tests/test_predictor.py"
+    predictor = "tests/inference/test_predictor.py"
     records = [
         {
             "nodeid": f"{decoder}::test_matches_official[a]",

@@ -5,6 +5,9 @@ import pytest
 
 from tests import helpers
 
+# End to end; `make test` runs it on one backend (see the Makefile).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def breakdown():

@@ -9,6 +9,9 @@ import pytest
 
 from tests import helpers
 
+# End to end; `make test` runs it on one backend (see the Makefile).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def train_shapes():
@@ -128,8 +131,8 @@ def test_train_only_part_of_the_model(train_shapes, train_only):
     """`--train-only`: a fit() step moves the IoU head's weights and no
     other ("iou_head"), or no weight of the image encoder ("decoder")."""
 
-    from keras_sam.datasets import ShapesDataset
-    from keras_sam.losses import SAMLoss
+    from keras_sam.training.datasets import ShapesDataset
+    from keras_sam.training.losses import SAMLoss
 
     keras.utils.set_random_seed(0)
     config = train_shapes.model_config(hidden_size=32, num_layers=1)
@@ -183,18 +186,17 @@ def _weights(output):
 
 
 def test_training_is_reproducible_and_resumes_exactly(train_shapes, tmp_path):
-    """Same seed and steps, same weights; a run stopped after step 2 and
-    resumed ends with the weights of the uninterrupted run (the refinement
-    clicks' random state travels in the checkpoint)."""
+    """A run stopped after step 2 and resumed ends with the weights of the
+    uninterrupted run with the same seed (the refinement clicks' random
+    state travels in the checkpoint): so a run is reproducible from its
+    command, and a resumed run is the same run."""
     _run(train_shapes, tmp_path / "a")
-    _run(train_shapes, tmp_path / "b")
     _run(train_shapes, tmp_path / "c", "--stop-at", "2")
     assert not (tmp_path / "c" / "sam_shapes.safetensors").exists()
     _run(train_shapes, tmp_path / "c", "--resume")
-    a, b, c = (_weights(tmp_path / n) for n in "abc")
-    assert list(a) == list(b) == list(c)
+    a, c = (_weights(tmp_path / n) for n in "ac")
+    assert list(a) == list(c)
     for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
         if keras.backend.backend() == "tensorflow":
             # Seen once in CI (TensorFlow, loaded 2-core machine): the
             # resumed run off by 6e-10 (2.7e-6 relative) in a few
@@ -243,7 +245,7 @@ def test_recipe_loss_supervises_output_0_unless_one_click_alone(train_shapes):
     1-3; a box, several clicks, or a click with a mask prompt (every
     refinement round) output 0 only."""
 
-    from keras_sam.losses import SAMLoss
+    from keras_sam.training.losses import SAMLoss
 
     rng = np.random.default_rng(0)
     outputs = {

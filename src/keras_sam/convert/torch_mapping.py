@@ -46,21 +46,23 @@ TRANSFORMS = {
 }
 
 
-def _dense(torch_prefix: str, keras_prefix: str) -> list[Row]:
+def dense_rows(torch_prefix: str, keras_prefix: str) -> list[Row]:
     return [
         Row(f"{torch_prefix}.weight", f"{keras_prefix}/kernel", "linear"),
         Row(f"{torch_prefix}.bias", f"{keras_prefix}/bias", "identity"),
     ]
 
 
-def _conv(torch_prefix: str, keras_prefix: str, transform: str) -> list[Row]:
+def conv_rows(
+    torch_prefix: str, keras_prefix: str, transform: str
+) -> list[Row]:
     return [
         Row(f"{torch_prefix}.weight", f"{keras_prefix}/kernel", transform),
         Row(f"{torch_prefix}.bias", f"{keras_prefix}/bias", "identity"),
     ]
 
 
-def _norm(torch_prefix: str, keras_prefix: str) -> list[Row]:
+def norm_rows(torch_prefix: str, keras_prefix: str) -> list[Row]:
     return [
         Row(f"{torch_prefix}.weight", f"{keras_prefix}/gamma", "identity"),
         Row(f"{torch_prefix}.bias", f"{keras_prefix}/beta", "identity"),
@@ -74,14 +76,16 @@ def _embedding(torch_key: str, keras_prefix: str) -> list[Row]:
 def _attention(torch_prefix: str, keras_prefix: str) -> list[Row]:
     rows = []
     for t, k in (("q", "query"), ("k", "key"), ("v", "value"), ("out", "out")):
-        rows += _dense(f"{torch_prefix}.{t}_proj", f"{keras_prefix}/{k}_proj")
+        rows += dense_rows(
+            f"{torch_prefix}.{t}_proj", f"{keras_prefix}/{k}_proj"
+        )
     return rows
 
 
 def _mlp(torch_prefix: str, keras_prefix: str, num_layers: int) -> list[Row]:
     rows = []
     for j in range(num_layers):
-        rows += _dense(
+        rows += dense_rows(
             f"{torch_prefix}.layers.{j}", f"{keras_prefix}/layer_{j}"
         )
     return rows
@@ -109,11 +113,11 @@ def prompt_encoder_table(layer) -> list[Row]:
     rows += _embedding("no_mask_embed.weight", "no_mask_embed")
     # Official Sequential indices: 0 conv, 1 norm, 2 act, 3 conv, 4 norm,
     # 5 act, 6 conv.
-    rows += _conv("mask_downscaling.0", "mask_downscaler/conv_0", "conv2d")
-    rows += _norm("mask_downscaling.1", "mask_downscaler/norm_0")
-    rows += _conv("mask_downscaling.3", "mask_downscaler/conv_1", "conv2d")
-    rows += _norm("mask_downscaling.4", "mask_downscaler/norm_1")
-    rows += _conv("mask_downscaling.6", "mask_downscaler/conv_2", "conv2d")
+    rows += conv_rows("mask_downscaling.0", "mask_downscaler/conv_0", "conv2d")
+    rows += norm_rows("mask_downscaling.1", "mask_downscaler/norm_0")
+    rows += conv_rows("mask_downscaling.3", "mask_downscaler/conv_1", "conv2d")
+    rows += norm_rows("mask_downscaling.4", "mask_downscaler/norm_1")
+    rows += conv_rows("mask_downscaling.6", "mask_downscaler/conv_2", "conv2d")
     return rows
 
 
@@ -123,16 +127,16 @@ def mask_decoder_table(layer) -> list[Row]:
     for i in range(layer.num_layers):
         t, k = f"transformer.layers.{i}", f"transformer/layer_{i}"
         rows += _attention(f"{t}.self_attn", f"{k}/self_attention")
-        rows += _norm(f"{t}.norm1", f"{k}/layer_norm1")
+        rows += norm_rows(f"{t}.norm1", f"{k}/layer_norm1")
         rows += _attention(
             f"{t}.cross_attn_token_to_image",
             f"{k}/cross_attention_token_to_image",
         )
-        rows += _norm(f"{t}.norm2", f"{k}/layer_norm2")
-        rows += _dense(f"{t}.mlp.lin1", f"{k}/mlp_block/layer_0")
-        rows += _dense(f"{t}.mlp.lin2", f"{k}/mlp_block/layer_1")
-        rows += _norm(f"{t}.norm3", f"{k}/layer_norm3")
-        rows += _norm(f"{t}.norm4", f"{k}/layer_norm4")
+        rows += norm_rows(f"{t}.norm2", f"{k}/layer_norm2")
+        rows += dense_rows(f"{t}.mlp.lin1", f"{k}/mlp_block/layer_0")
+        rows += dense_rows(f"{t}.mlp.lin2", f"{k}/mlp_block/layer_1")
+        rows += norm_rows(f"{t}.norm3", f"{k}/layer_norm3")
+        rows += norm_rows(f"{t}.norm4", f"{k}/layer_norm4")
         rows += _attention(
             f"{t}.cross_attn_image_to_token",
             f"{k}/cross_attention_image_to_token",
@@ -141,15 +145,17 @@ def mask_decoder_table(layer) -> list[Row]:
         "transformer.final_attn_token_to_image",
         "transformer/final_attention_token_to_image",
     )
-    rows += _norm("transformer.norm_final_attn", "transformer/final_layer_norm")
+    rows += norm_rows(
+        "transformer.norm_final_attn", "transformer/final_layer_norm"
+    )
     rows += _embedding("iou_token.weight", "iou_token")
     rows += _embedding("mask_tokens.weight", "mask_tokens")
     # Official Sequential indices: 0 deconv, 1 norm, 2 act, 3 deconv, 4 act.
-    rows += _conv(
+    rows += conv_rows(
         "output_upscaling.0", "output_upscaling/deconv_0", "conv2d_transpose"
     )
-    rows += _norm("output_upscaling.1", "output_upscaling/norm_0")
-    rows += _conv(
+    rows += norm_rows("output_upscaling.1", "output_upscaling/norm_0")
+    rows += conv_rows(
         "output_upscaling.3", "output_upscaling/deconv_1", "conv2d_transpose"
     )
     for i in range(layer.num_mask_tokens):

@@ -5,19 +5,30 @@ from collections.abc import Mapping
 from keras_sam.convert import image_encoder_mapping
 from keras_sam.convert import torch_mapping
 from keras_sam.convert.checkpoint import as_array
-from keras_sam.layers.mask_decoder import SAMMaskDecoder
-from keras_sam.layers.prompt_encoder import SAMPromptEncoder
-from keras_sam.models.image_encoder import SAMImageEncoder
 
-# target class -> (prefix of its keys in a whole official `Sam`, table).
+# Target class name -> (prefix of its keys in a whole official `Sam`,
+# table). Targets are matched by class name (their own or a base class's),
+# so that conversion needs nothing from `keras_sam.models`, which loads
+# checkpoints through it.
 _TARGETS = {
-    SAMPromptEncoder: ("prompt_encoder.", torch_mapping.prompt_encoder_table),
-    SAMMaskDecoder: ("mask_decoder.", torch_mapping.mask_decoder_table),
-    SAMImageEncoder: (
+    "SAMPromptEncoder": (
+        "prompt_encoder.",
+        torch_mapping.prompt_encoder_table,
+    ),
+    "SAMMaskDecoder": ("mask_decoder.", torch_mapping.mask_decoder_table),
+    "SAMImageEncoder": (
         "image_encoder.",
         image_encoder_mapping.image_encoder_table,
     ),
 }
+_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+
+def _is_composite(target) -> bool:
+    """Whether `target` is a whole SAM (its three parts as attributes)."""
+    return all(hasattr(target, part) for part in _PARTS) and not any(
+        cls.__name__ in _TARGETS for cls in type(target).__mro__
+    )
 
 
 def _select(state_dict: Mapping, prefix: str) -> dict:
@@ -70,14 +81,12 @@ def load_official_weights(target, state_dict: Mapping) -> None:
     >>> keras_sam.load_official_weights(decoder, official_sam.state_dict())
     ... # doctest: +SKIP
     """
-    from keras_sam.models.sam import SAM
-
     if not isinstance(state_dict, Mapping):
         raise ValueError(
             "`state_dict` must be a mapping of parameter names to arrays. "
             f"Received: state_dict of type {type(state_dict).__name__}"
         )
-    if isinstance(target, SAM):
+    if _is_composite(target):
         if not target.built:
             target.build()
         parts = [
@@ -117,10 +126,15 @@ def load_official_weights(target, state_dict: Mapping) -> None:
 
 def _entry(target):
     entry = next(
-        (v for cls, v in _TARGETS.items() if isinstance(target, cls)), None
+        (
+            _TARGETS[cls.__name__]
+            for cls in type(target).__mro__
+            if cls.__name__ in _TARGETS
+        ),
+        None,
     )
     if entry is None:
-        supported = ", ".join(cls.__name__ for cls in _TARGETS)
+        supported = ", ".join(_TARGETS)
         raise ValueError(
             f"`target` must be one of {supported} or SAM. "
             f"Received: target of type {type(target).__name__}"

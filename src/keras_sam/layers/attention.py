@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -54,9 +54,9 @@ class MultiHeadAttentionWithDownsampling(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_size = _checks.integer("hidden_size", hidden_size)
-        self.num_heads = _checks.integer("num_heads", num_heads)
-        self.downsample_rate = _checks.integer(
+        self.hidden_size = checks.integer("hidden_size", hidden_size)
+        self.num_heads = checks.integer("num_heads", num_heads)
+        self.downsample_rate = checks.integer(
             "downsample_rate", downsample_rate
         )
         self.internal_dim = self.hidden_size // self.downsample_rate

@@ -5,8 +5,8 @@ import functools
 import keras
 from keras import ops
 
-from keras_sam._backend_compile import fuse_elementwise
-from keras_sam.layers import _checks
+from keras_sam import checks
+from keras_sam.backend.compile import fuse_elementwise
 from keras_sam.layers.mlp import MLP
 from keras_sam.layers.two_way_transformer import TwoWayTransformer
 
@@ -89,8 +89,8 @@ class SAMMaskDecoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        hidden_size = _checks.integer("hidden_size", hidden_size)
-        embedding_dim = _checks.integer("embedding_dim", embedding_dim, 8)
+        hidden_size = checks.integer("hidden_size", hidden_size)
+        embedding_dim = checks.integer("embedding_dim", embedding_dim, 8)
         if embedding_dim % 8:
             raise ValueError(
                 "`embedding_dim` must be divisible by 8 (the upscaler "
@@ -105,17 +105,17 @@ class SAMMaskDecoder(keras.layers.Layer):
                 f"embedding_dim={embedding_dim}"
             )
         self.hidden_size = hidden_size
-        self.num_layers = _checks.integer("num_layers", num_layers)
-        self.intermediate_dim = _checks.integer(
+        self.num_layers = checks.integer("num_layers", num_layers)
+        self.intermediate_dim = checks.integer(
             "intermediate_dim", intermediate_dim
         )
-        self.num_heads = _checks.integer("num_heads", num_heads)
+        self.num_heads = checks.integer("num_heads", num_heads)
         self.embedding_dim = embedding_dim
-        self.num_multimask_outputs = _checks.integer(
+        self.num_multimask_outputs = checks.integer(
             "num_multimask_outputs", num_multimask_outputs, 0
         )
-        self.iou_head_depth = _checks.integer("iou_head_depth", iou_head_depth)
-        self.iou_head_hidden_dim = _checks.integer(
+        self.iou_head_depth = checks.integer("iou_head_depth", iou_head_depth)
+        self.iou_head_hidden_dim = checks.integer(
             "iou_head_hidden_dim", iou_head_hidden_dim
         )
         self.activation = activation
@@ -196,8 +196,8 @@ class SAMMaskDecoder(keras.layers.Layer):
             ("prompt_dense_embeddings", dense, 4, "(B, He, We, C)"),
         )
         for name, shape, rank, layout in named:
-            _checks.check_rank(name, shape, rank, layout)
-            _checks.check_dim(name, shape, -1, c, "width (embedding_dim)")
+            checks.check_rank(name, shape, rank, layout)
+            checks.check_dim(name, shape, -1, c, "width (embedding_dim)")
         for name, shape, _, _ in (named[1], named[3]):
             for axis in (1, 2):
                 if None not in (shape[axis], image[axis]) and (
@@ -252,7 +252,7 @@ class SAMMaskDecoder(keras.layers.Layer):
     ):
         self._check_shapes(
             *(
-                _checks.static_shape(x)
+                checks.static_shape(x)
                 for x in (
                     image_embeddings,
                     prompt_dense_positional_embeddings,

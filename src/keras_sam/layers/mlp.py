@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -41,9 +41,9 @@ class MLP(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_dim = _checks.integer("hidden_dim", hidden_dim)
-        self.output_dim = _checks.integer("output_dim", output_dim)
-        self.num_layers = _checks.integer("num_layers", num_layers)
+        self.hidden_dim = checks.integer("hidden_dim", hidden_dim)
+        self.output_dim = checks.integer("output_dim", output_dim)
+        self.num_layers = checks.integer("num_layers", num_layers)
         self.activation = activation
         widths = [self.hidden_dim] * (self.num_layers - 1) + [self.output_dim]
         self.dense_layers = [

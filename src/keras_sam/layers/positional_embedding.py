@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -35,7 +35,7 @@ class RandomFrequencyPositionalEmbeddings(keras.layers.Layer):
         self, *, num_positional_features: int, scale: float = 1.0, **kwargs
     ):
         super().__init__(**kwargs)
-        self.num_positional_features = _checks.integer(
+        self.num_positional_features = checks.integer(
             "num_positional_features", num_positional_features
         )
         self.scale = float(scale)

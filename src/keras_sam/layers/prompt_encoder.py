@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 from keras_sam.layers.positional_embedding import (
     RandomFrequencyPositionalEmbeddings,
 )
@@ -120,8 +120,8 @@ class SAMPromptEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        hidden_size = _checks.integer("hidden_size", hidden_size)
-        mask_in_channels = _checks.integer("mask_in_channels", mask_in_channels)
+        hidden_size = checks.integer("hidden_size", hidden_size)
+        mask_in_channels = checks.integer("mask_in_channels", mask_in_channels)
         if hidden_size % 2:
             raise ValueError(
                 "`hidden_size` must be a positive even integer (half the "
@@ -135,10 +135,10 @@ class SAMPromptEncoder(keras.layers.Layer):
                 f"channels). Received: mask_in_channels={mask_in_channels}"
             )
         self.hidden_size = hidden_size
-        self.image_embedding_size = _checks.integer_pair(
+        self.image_embedding_size = checks.integer_pair(
             "image_embedding_size", image_embedding_size
         )
-        self.input_image_size = _checks.integer_pair(
+        self.input_image_size = checks.integer_pair(
             "input_image_size", input_image_size
         )
         self.mask_in_channels = mask_in_channels
@@ -271,8 +271,8 @@ class SAMPromptEncoder(keras.layers.Layer):
     def _check_shapes(self, points, labels, boxes, masks) -> dict:
         """Static checks on input shapes; returns the batch size (or None)."""
         if points is not None:
-            _checks.check_rank("points", points, 3, "(B, N, 2)")
-            _checks.check_dim("points", points, 2, 2, "size")
+            checks.check_rank("points", points, 3, "(B, N, 2)")
+            checks.check_dim("points", points, 2, 2, "size")
             if labels is None:
                 raise ValueError(
                     "`labels` must be given with `points` (one label per "
@@ -284,31 +284,31 @@ class SAMPromptEncoder(keras.layers.Layer):
                     "`labels` were given without `points`. Received: "
                     f"labels.shape={labels}, points=None"
                 )
-            _checks.check_rank("labels", labels, 2, "(B, N)")
+            checks.check_rank("labels", labels, 2, "(B, N)")
             if None not in (points[1], labels[1]) and points[1] != labels[1]:
                 raise ValueError(
                     "`labels` must have one label per point. Received: "
                     f"points.shape={points}, labels.shape={labels}"
                 )
         if boxes is not None:
-            _checks.check_rank("boxes", boxes, 4, "(B, M, 2, 2)")
-            _checks.check_dim("boxes", boxes, 2, 2, "size")
-            _checks.check_dim("boxes", boxes, 3, 2, "size")
+            checks.check_rank("boxes", boxes, 4, "(B, M, 2, 2)")
+            checks.check_dim("boxes", boxes, 2, 2, "size")
+            checks.check_dim("boxes", boxes, 3, 2, "size")
         if masks is not None:
-            _checks.check_rank("masks", masks, 5, "(B, K, 4*He, 4*We, 1)")
-            _checks.check_dim("masks", masks, 4, 1, "size")
+            checks.check_rank("masks", masks, 5, "(B, K, 4*He, 4*We, 1)")
+            checks.check_dim("masks", masks, 4, 1, "size")
             for axis, size in (
                 (2, self.mask_input_size[0]),
                 (3, self.mask_input_size[1]),
             ):
-                _checks.check_dim(
+                checks.check_dim(
                     "masks",
                     masks,
                     axis,
                     size,
                     "4x the image embedding size, i.e.",
                 )
-        batch = _checks.common_batch_size(
+        batch = checks.common_batch_size(
             {"points": points, "labels": labels, "boxes": boxes, "masks": masks}
         )
         if points is None and boxes is None and masks is None:
@@ -318,7 +318,7 @@ class SAMPromptEncoder(keras.layers.Layer):
     @staticmethod
     def _check_values(points, labels, boxes, masks) -> None:
         """Eager-only checks on values (skipped inside traced functions)."""
-        label_values = _checks.concrete_values(labels)
+        label_values = checks.concrete_values(labels)
         if label_values is not None and label_values.size:
             bad = ~np.isin(label_values, VALID_LABELS)
             if bad.any():
@@ -329,7 +329,7 @@ class SAMPromptEncoder(keras.layers.Layer):
                     f"{np.unique(label_values[bad])}"
                 )
         for name, x in (("points", points), ("boxes", boxes), ("masks", masks)):
-            values = _checks.concrete_values(x)
+            values = checks.concrete_values(x)
             if values is not None and not np.all(np.isfinite(values)):
                 raise ValueError(
                     f"`{name}` must be finite. Received: {name} containing "
@@ -375,7 +375,7 @@ class SAMPromptEncoder(keras.layers.Layer):
         )  # (B, 2M, C)
 
     def _embed_masks(self, masks):
-        shape = _checks.static_shape(masks)
+        shape = checks.static_shape(masks)
         if shape[0] == 0:
             # TensorFlow's eager conv2d returns the input's spatial size for
             # an empty batch (TF 2.21); an empty batch needs no convolution.
@@ -402,7 +402,7 @@ class SAMPromptEncoder(keras.layers.Layer):
     ):
         del images  # accepted for KerasHub compatibility, unused
         shapes = {
-            name: None if x is None else _checks.static_shape(x)
+            name: None if x is None else checks.static_shape(x)
             for name, x in (
                 ("points", points),
                 ("labels", labels),

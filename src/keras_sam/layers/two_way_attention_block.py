@@ -4,8 +4,8 @@ import functools
 
 import keras
 
-from keras_sam._backend_compile import fuse_elementwise
-from keras_sam.layers import _checks
+from keras_sam import checks
+from keras_sam.backend.compile import fuse_elementwise
 from keras_sam.layers.attention import MultiHeadAttentionWithDownsampling
 from keras_sam.layers.mlp import MLP
 
@@ -56,12 +56,12 @@ class TwoWayAttentionBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_size = _checks.integer("hidden_size", hidden_size)
-        self.num_heads = _checks.integer("num_heads", num_heads)
-        self.intermediate_dim = _checks.integer(
+        self.hidden_size = checks.integer("hidden_size", hidden_size)
+        self.num_heads = checks.integer("num_heads", num_heads)
+        self.intermediate_dim = checks.integer(
             "intermediate_dim", intermediate_dim
         )
-        self.attention_downsample_rate = _checks.integer(
+        self.attention_downsample_rate = checks.integer(
             "attention_downsample_rate", attention_downsample_rate
         )
         self.skip_first_layer_pe = bool(skip_first_layer_pe)

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 from keras_sam.layers.attention import MultiHeadAttentionWithDownsampling
 from keras_sam.layers.two_way_attention_block import TwoWayAttentionBlock
 
@@ -48,13 +48,13 @@ class TwoWayTransformer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_layers = _checks.integer("num_layers", num_layers)
-        self.hidden_size = _checks.integer("hidden_size", hidden_size)
-        self.num_heads = _checks.integer("num_heads", num_heads)
-        self.intermediate_dim = _checks.integer(
+        self.num_layers = checks.integer("num_layers", num_layers)
+        self.hidden_size = checks.integer("hidden_size", hidden_size)
+        self.num_heads = checks.integer("num_heads", num_heads)
+        self.intermediate_dim = checks.integer(
             "intermediate_dim", intermediate_dim
         )
-        self.attention_downsample_rate = _checks.integer(
+        self.attention_downsample_rate = checks.integer(
             "attention_downsample_rate", attention_downsample_rate
         )
         self.activation = activation

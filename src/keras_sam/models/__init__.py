@@ -1,10 +1,10 @@
 """Keras models of the Segment Anything Model.
 
-Public names are imported on first access (see `keras_sam._lazy`): the
+Public names are imported on first access (see `keras_sam.lazy`): the
 command line reads `keras_sam.models.presets` before Keras is imported.
 """
 
-from keras_sam._lazy import exports
+from keras_sam.lazy import exports
 
 _EXPORTS = {
     "PRESETS": "keras_sam.models.presets",

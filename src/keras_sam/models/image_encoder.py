@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 from keras_sam.models.vit_block import ViTBlock
 
 
@@ -124,7 +124,7 @@ class SAMImageEncoder(keras.layers.Layer):
             ("num_output_channels", num_output_channels, 1),
             ("window_size", window_size, 0),
         ):
-            _checks.integer(name, value, low)
+            checks.integer(name, value, low)
         if int(hidden_size) % int(num_heads):
             raise ValueError(
                 "`num_heads` must divide `hidden_size`. Received: "
@@ -228,9 +228,9 @@ class SAMImageEncoder(keras.layers.Layer):
         self.neck.build((None, gh, gw, self.hidden_size))
 
     def _check_shape(self, shape: tuple) -> None:
-        _checks.check_rank("images", shape, 4, "(B, H, W, 3)")
+        checks.check_rank("images", shape, 4, "(B, H, W, 3)")
         for axis, what in ((1, "height"), (2, "width"), (3, "channels")):
-            _checks.check_dim(
+            checks.check_dim(
                 "images",
                 shape,
                 axis,
@@ -239,7 +239,7 @@ class SAMImageEncoder(keras.layers.Layer):
             )
 
     def call(self, images):
-        self._check_shape(_checks.static_shape(images))
+        self._check_shape(checks.static_shape(images))
         x = self.patch_embed(ops.cast(images, self.compute_dtype))
         if self.use_abs_pos:
             x = x + ops.cast(self.pos_embed, x.dtype)  # (B, H/p, W/p, C)

@@ -9,6 +9,10 @@ from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
 from keras_sam.models.presets import PRESETS
+from keras_sam.prompts import prompt_tensors
+from keras_sam.prompts import prompts_per_image
+from keras_sam.prompts import split_per_image
+from keras_sam.training.trainer import SAMTrainer
 
 KERAS_SAFETENSORS_FORMAT = "keras_sam.variable_paths"
 
@@ -49,53 +53,8 @@ def decode_prompts(
     return mask_decoder(image_embeddings=image_embeddings, **prompts)
 
 
-# Rank of each prompt tensor with one prompt per image; one more means `K`
-# prompts per image (SAM.call).
-_PROMPT_RANKS = {"points": 3, "labels": 2, "boxes": 4, "masks": 5}
-
-
-def _prompts(inputs: dict) -> dict:
-    """The prompt tensors of a model input dict (all but `images`)."""
-    return {k: v for k, v in inputs.items() if k != "images" and v is not None}
-
-
-def _split_per_image(tensors: dict, per_image: int) -> dict:
-    """`(B * K, ...)` tensors -> `(B, K, ...)`: rows `b*K..` of image `b`."""
-    return {
-        k: ops.reshape(v, (-1, per_image, *v.shape[1:]))
-        for k, v in tensors.items()
-    }
-
-
-def _prompts_per_image(prompts: dict) -> int | None:
-    """None (one prompt per image) or `K` of `(B, K, ...)` prompt tensors."""
-    extra = {
-        name: len(value.shape) - _PROMPT_RANKS[name]
-        for name, value in prompts.items()
-        if name in _PROMPT_RANKS
-    }
-    if not extra or set(extra.values()) == {0}:
-        return None
-    if set(extra.values()) != {1}:
-        raise ValueError(
-            "Prompts must all have one prompt per image (points (B, N, 2), "
-            "labels (B, N), boxes (B, M, 2, 2), masks (B, 1, h, w, 1)) or "
-            "all K per image (an extra axis K after the batch axis). "
-            "Received shapes: "
-            + ", ".join(f"{k}={tuple(v.shape)}" for k, v in prompts.items())
-        )
-    counts = {tuple(v.shape)[1] for v in prompts.values()}
-    if len(counts) != 1 or None in counts:
-        raise ValueError(
-            "All prompt tensors must have the same known number of prompts "
-            "per image (axis 1). Received shapes: "
-            + ", ".join(f"{k}={tuple(v.shape)}" for k, v in prompts.items())
-        )
-    return int(counts.pop())
-
-
 @keras.saving.register_keras_serializable(package="keras_sam")
-class SAM(keras.Model):
+class SAM(SAMTrainer, keras.Model):
     """Segment Anything Model: image encoder + prompt encoder + mask decoder.
 
     The expensive image encoder runs once per image (`encode_image`); the
@@ -173,10 +132,7 @@ class SAM(keras.Model):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        # Training only (see `compile`): the correction clicks' randomness.
-        self.refinement_iterations = 0
-        self.mask_only_iterations = 0
-        self.refinement_seed_generator = keras.random.SeedGenerator(0)
+        self.init_training()
 
     def build(self, input_shape=None):
         for layer in (
@@ -217,7 +173,7 @@ class SAM(keras.Model):
         JAX: `jax.jit`; TensorFlow: `tf.function`; PyTorch: eager. Used by
         `SAMPredictor`; the inputs are NumPy arrays or None.
         """
-        from keras_sam._backend_compile import compile_inference
+        from keras_sam.backend.compile import compile_inference
 
         cache = self.__dict__.setdefault("_compiled_methods", {})
         if method not in cache:
@@ -226,8 +182,8 @@ class SAM(keras.Model):
 
     def call(self, inputs, training=None):
         image_embeddings = self.encode_image(inputs["images"])
-        prompts = _prompts(inputs)
-        per_image = _prompts_per_image(prompts)
+        prompts = prompt_tensors(inputs)
+        per_image = prompts_per_image(prompts)
         if per_image is None:
             outputs = self.decode(image_embeddings, **prompts)
         else:
@@ -237,159 +193,12 @@ class SAM(keras.Model):
                 for k, v in prompts.items()
             }
             embeddings = ops.repeat(image_embeddings, per_image, axis=0)
-            outputs = _split_per_image(
+            outputs = split_per_image(
                 self.decode(embeddings, **flat), per_image
             )
-        if training and self._refinement_rounds:
+        if training and self.refinement_rounds:
             outputs["image_embeddings"] = image_embeddings
         return outputs
-
-    @property
-    def _refinement_rounds(self) -> int:
-        return self.refinement_iterations + self.mask_only_iterations
-
-    def compile(
-        self, *args, refinement_iterations=0, mask_only_iterations=0, **kwargs
-    ):
-        """`keras.Model.compile`, plus SAM's interactive training.
-
-        Args:
-            *args, **kwargs: as `keras.Model.compile`.
-            refinement_iterations: int >= 0. With `n > 0` (and
-                `loss=keras_sam.losses.SAMLoss()`), each training example
-                is decoded `1 + n` times on the same image embedding: after
-                the data's prompt, each round adds one correction click
-                drawn uniformly from the error region of the previous
-                round's mask and feeds that mask's logits back as the
-                `masks` prompt (SAM's training, appendix A; see
-                `keras_sam.refinement`). The loss is the mean over all
-                rounds (the data's prompt's included). The randomness comes from
-                `refinement_seed_generator` (seed 0 unless re-seeded).
-            mask_only_iterations: int >= 0, further rounds that add no
-                click (the padding point instead) and only feed the
-                previous mask back, so that the model learns to refine its
-                own mask: the last round, and `m - 1` at random positions
-                among the others, per example (SAM's recipe: 8 click
-                rounds and `m = 2`; see
-                `keras_sam.refinement.mask_only_rounds`). The same loss
-                requirement.
-        """
-        from keras_sam.layers._checks import integer
-        from keras_sam.losses import SAMLoss
-
-        refinement_iterations = integer(
-            "refinement_iterations", refinement_iterations, low=0
-        )
-        mask_only_iterations = integer(
-            "mask_only_iterations", mask_only_iterations, low=0
-        )
-        super().compile(*args, **kwargs)
-        for name, value in (
-            ("refinement_iterations", refinement_iterations),
-            ("mask_only_iterations", mask_only_iterations),
-        ):
-            if value and not isinstance(self.loss, SAMLoss):
-                raise ValueError(
-                    f"`{name}` needs `loss=keras_sam.losses.SAMLoss()`. "
-                    f"Received: loss={self.loss!r}"
-                )
-        self.refinement_iterations = refinement_iterations
-        self.mask_only_iterations = mask_only_iterations
-
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        """`keras_sam.losses.SAMLoss` needs the whole output dict (the IoU
-        target depends on the predicted masks); other losses go the usual
-        per-output way. With refinement rounds (see `compile`), the mean
-        of the rounds' losses."""
-        from keras_sam.losses import SAMLoss
-
-        if not isinstance(self.loss, SAMLoss):
-            return super().compute_loss(
-                x, y, y_pred, sample_weight, training=training
-            )
-        outputs = {k: y_pred[k] for k in ("masks", "iou_pred")}
-        loss = self.prompt_loss(x, y, outputs, sample_weight)
-        if "image_embeddings" in y_pred and self._refinement_rounds:
-            losses = self._refinement_losses(
-                x, y, outputs, y_pred["image_embeddings"], sample_weight
-            )
-            loss = (loss + sum(losses)) / (1 + len(losses))
-        for extra in self.losses:
-            loss = loss + keras.ops.cast(keras.ops.sum(extra), loss.dtype)
-        return loss
-
-    def prompt_loss(self, x, y, outputs, sample_weight=None):
-        """The compiled `SAMLoss` of one round's `outputs` for the prompts
-        of `x`; subclasses may supervise per prompt kind."""
-        return self.loss(y, outputs, sample_weight)
-
-    def _refinement_losses(self, x, y, outputs, image_embeddings, weight):
-        """The losses of the refinement rounds (see `compile`)."""
-        from keras_sam import refinement
-        from keras_sam.losses import upsample_logits
-
-        prompts = _prompts(x)
-        per_image = _prompts_per_image(prompts)
-        flat = lambda v, rank: ops.reshape(v, (-1, *v.shape[-rank:]))  # noqa: E731
-        if per_image is not None:
-            image_embeddings = ops.repeat(image_embeddings, per_image, axis=0)
-        prompts = {k: flat(v, _PROMPT_RANKS[k] - 1) for k, v in prompts.items()}
-        targets = flat(y, 2)  # (B', h, w): y is (B, [K,] [1,] h, w)
-        masks = flat(outputs["masks"], 3)
-        iou_pred = flat(outputs["iou_pred"], 1)
-        size = self.prompt_encoder.input_image_size
-        has_boxes = "boxes" in prompts
-        has_masks = "masks" in prompts  # after round 0: always
-        if "labels" not in prompts:
-            prompts["points"] = ops.zeros((ops.shape(masks)[0], 0, 2))
-            prompts["labels"] = ops.zeros((ops.shape(masks)[0], 0), "int32")
-        no_click = refinement.mask_only_rounds(
-            ops.shape(masks)[0],
-            self.refinement_iterations,
-            self.mask_only_iterations,
-            self.refinement_seed_generator,
-        )  # (rounds, B')
-        losses = []
-        for round_ in range(self._refinement_rounds):
-            labels = prompts["labels"]
-            previous = ops.stop_gradient(
-                refinement.chosen_mask(
-                    masks,
-                    iou_pred,
-                    refinement.is_ambiguous(labels, has_boxes, has_masks),
-                )
-            )  # (B', h, w)
-            # Clicks on the targets' grid: upsampled logits if it is finer.
-            points, new_labels = refinement.sample_correction_points(
-                upsample_logits(previous, tuple(targets.shape)[-2:]),
-                targets,
-                size,
-                self.refinement_seed_generator,
-            )
-            skip = no_click[round_]  # (B',): the padding point instead
-            points = ops.where(skip[:, None, None], 0.0, points)
-            new_labels = ops.cast(
-                ops.where(skip[:, None], -1, new_labels), "int32"
-            )
-            prompts["points"] = ops.concatenate(
-                [ops.cast(prompts["points"], "float32"), points], axis=1
-            )
-            prompts["labels"] = ops.concatenate(
-                [ops.cast(labels, "int32"), new_labels], axis=1
-            )
-            prompts["masks"] = previous[:, None, :, :, None]
-            has_masks = True
-            out = self.decode(image_embeddings, **prompts)
-            masks, iou_pred = out["masks"], out["iou_pred"]
-            if per_image is None:
-                round_x = dict(prompts)
-            else:
-                out = _split_per_image(out, per_image)
-                round_x = _split_per_image(prompts, per_image)
-            losses.append(self.prompt_loss(round_x, y, out, weight))
-        return losses
 
     def get_config(self):
         config = super().get_config()
@@ -469,7 +278,7 @@ class SAM(keras.Model):
             model.set_weights(bundled.get_weights())
             return model
         if weights is True:
-            from keras_sam.download import download
+            from keras_sam.convert.download import download
 
             weights = download(preset["url"], sha256=preset["sha256_prefix"])
         if weights:

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 
 
 def size_pair(name: str, value) -> tuple[int, int]:
@@ -138,14 +138,14 @@ class ViTAttention(keras.layers.Layer):
             )
 
     def _check_shape(self, shape: tuple) -> None:
-        _checks.check_rank("x", shape, 4, "(B, h, w, C)")
-        _checks.check_dim("x", shape, -1, self.hidden_size, "width")
+        checks.check_rank("x", shape, 4, "(B, h, w, C)")
+        checks.check_dim("x", shape, -1, self.hidden_size, "width")
         if self.use_rel_pos:
             for axis, size in (
                 (1, self.input_size[0]),
                 (2, self.input_size[1]),
             ):
-                _checks.check_dim("x", shape, axis, size, "size (input_size)")
+                checks.check_dim("x", shape, axis, size, "size (input_size)")
         elif None in shape[1:3]:
             raise ValueError(
                 "`x` must have a static spatial size. "
@@ -168,7 +168,7 @@ class ViTAttention(keras.layers.Layer):
         return ops.reshape(logits, (-1, self.num_heads, h * w, h * w))
 
     def call(self, x):
-        shape = _checks.static_shape(x)
+        shape = checks.static_shape(x)
         self._check_shape(shape)
         h, w = shape[1], shape[2]
         qkv = self.qkv(x)  # (B, h, w, 3C)

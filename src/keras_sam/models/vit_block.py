@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_sam.layers import _checks
+from keras_sam import checks
 from keras_sam.layers.mlp import MLP
 from keras_sam.models.vit_attention import ViTAttention
 from keras_sam.models.vit_attention import size_pair
@@ -163,15 +163,15 @@ class ViTBlock(keras.layers.Layer):
         self.mlp.build((None, c))
 
     def _check_shape(self, shape: tuple) -> None:
-        _checks.check_rank("x", shape, 4, "(B, H, W, C)")
-        _checks.check_dim("x", shape, -1, self.hidden_size, "width")
+        checks.check_rank("x", shape, 4, "(B, H, W, C)")
+        checks.check_dim("x", shape, -1, self.hidden_size, "width")
         for axis in (1, 2):
-            _checks.check_dim(
+            checks.check_dim(
                 "x", shape, axis, self.input_size[axis - 1], "size"
             )
 
     def call(self, x):
-        self._check_shape(_checks.static_shape(x))
+        self._check_shape(checks.static_shape(x))
         h, w = self.input_size
         shortcut = x
         x = self.layer_norm1(x)

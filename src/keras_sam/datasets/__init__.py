@@ -1,6 +1,0 @@
-"""Datasets for fine-tuning and testing SAM."""
-
-from keras_sam.datasets.shapes import ShapesDataset
-from keras_sam.datasets.shapes import make_scene
-
-__all__ = ["ShapesDataset", "make_scene"]

@@ -1,0 +1,396 @@
+"""Interactive prediction with SAM: set an image once, prompt it many times."""
+
+import keras
+import numpy as np
+
+from keras_sam.inference import transforms
+from keras_sam.inference.amg_utils import stability_score
+from keras_sam.prompts import check_prompts
+
+MASK_THRESHOLD = 0.0
+
+
+class SAMPredictor:
+    """Segment an image from points, boxes and mask prompts.
+
+    The semantics are those of the official `SamPredictor`: `set_image`
+    resizes the longest side to the model's input size (PIL bilinear, the
+    official rounding), normalises with the ImageNet mean and std, pads
+    bottom/right and runs the image encoder once; `predict` scales prompt
+    coordinates into that frame, appends the official padding point when
+    points come without a box, decodes, and upsamples the selected masks to
+    the original image size (bilinear to the padded size, crop, bilinear to
+    the original size, composed into one matrix per axis).
+
+    Args:
+        model: a `keras_sam.SAM`.
+        use_stability_fallback: with `multimask_output=False`, replace the
+            single-mask output by the best multimask output (by predicted
+            IoU) when its stability score is below `stability_thresh`, as
+            SAM 2 does. Off by default (official SAM behaviour).
+        stability_delta: logit offset of that stability score.
+        stability_thresh: minimum stability of the single-mask output.
+        decode_chunk_size: most prompts decoded in one call. Batches are
+            split into chunks of this size and each chunk is padded to a
+            power of two, so that the compiled decoder is traced for a few
+            shapes only (not once per prompt count) and memory stays
+            bounded.
+
+    Example:
+    >>> predictor = keras_sam.SAMPredictor(model)  # doctest: +SKIP
+    >>> predictor.set_image(image)  # uint8 (H, W, 3) RGB  # doctest: +SKIP
+    >>> masks, scores, logits = predictor.predict(
+    ...     point_coords=[[500, 375]], point_labels=[1])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        use_stability_fallback: bool = False,
+        stability_delta: float = 0.05,
+        stability_thresh: float = 0.98,
+        decode_chunk_size: int = 64,
+    ):
+        self.model = model
+        if not model.built:
+            model.build()
+        self.decode_chunk_size = int(decode_chunk_size)
+        if self.decode_chunk_size < 1:
+            raise ValueError(
+                "`decode_chunk_size` must be an int >= 1. Received: "
+                f"decode_chunk_size={decode_chunk_size}"
+            )
+        self.use_stability_fallback = bool(use_stability_fallback)
+        self.stability_delta = float(stability_delta)
+        self.stability_thresh = float(stability_thresh)
+        self.image_size = tuple(model.prompt_encoder.input_image_size)
+        self.mask_input_size = tuple(model.prompt_encoder.mask_input_size)
+        self.reset_image()
+
+    # -- image ---------------------------------------------------------------
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+        self.is_image_set = False
+
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        """Compute the embedding of `image`, uint8 `(H, W, 3)`.
+
+        Args:
+            image: uint8 `(H, W, 3)` array.
+            image_format: `"RGB"` or `"BGR"` channel order of `image`.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(
+                "`image_format` must be 'RGB' or 'BGR'. Received: "
+                f"image_format={image_format!r}"
+            )
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(
+                "`image` must be a uint8 array (H, W, 3). Received: "
+                f"image.dtype={image.dtype}"
+            )
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                "`image` must have shape (H, W, 3) (RGB or BGR). Received: "
+                f"image.shape={image.shape}"
+            )
+        if min(image.shape[:2]) < 1:
+            raise ValueError(
+                f"`image` must not be empty. Received: image.shape="
+                f"{image.shape}"
+            )
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        original_size = image.shape[:2]
+        input_size = transforms.preprocess_shape(
+            original_size, max(self.image_size)
+        )
+        resized = transforms.resize_image(
+            np.ascontiguousarray(image), input_size
+        )
+        model_input = transforms.normalize_and_pad(resized, self.image_size[0])
+        features = self.model.compiled_method("encode_image")(model_input[None])
+        self.features = keras.ops.convert_to_numpy(features)
+        self.original_size = tuple(int(v) for v in original_size)
+        self.input_size = input_size
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image embedding, `(1, He, We, C)` float32."""
+        self._require_image()
+        return self.features
+
+    def set_image_embedding(
+        self, embedding, original_size: tuple[int, int]
+    ) -> None:
+        """Reuse a stored embedding of an image of `original_size` (H, W)."""
+        embedding = np.asarray(embedding, np.float32)
+        he, we = self.model.prompt_encoder.image_embedding_size
+        c = self.model.prompt_encoder.hidden_size
+        if embedding.shape != (1, he, we, c):
+            raise ValueError(
+                f"`embedding` must have shape {(1, he, we, c)}. Received: "
+                f"embedding.shape={embedding.shape}"
+            )
+        try:
+            h, w = (int(v) for v in original_size)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                "`original_size` must be (height, width). Received: "
+                f"original_size={original_size!r}"
+            ) from e
+        if h < 1 or w < 1:
+            raise ValueError(
+                "`original_size` must be positive. Received: "
+                f"original_size={original_size!r}"
+            )
+        self.features = embedding
+        self.original_size = (h, w)
+        self.input_size = transforms.preprocess_shape(
+            (h, w), max(self.image_size)
+        )
+        self.is_image_set = True
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError(
+                "An image must be set with `set_image` or "
+                "`set_image_embedding` before predicting."
+            )
+
+    # -- prompts -------------------------------------------------------------
+
+    def _prepare(
+        self, point_coords, point_labels, boxes, mask_input, batch_shape
+    ):
+        """Check prompts (`keras_sam.prompts.check_prompts`) and move them
+        to the model frame. Returns the prompt-encoder keyword arguments."""
+        checked = check_prompts(
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            image_size=self.original_size,
+            mask_input_size=self.mask_input_size,
+            batch_shape=batch_shape,
+        )
+        prompts = {}
+        if "point_coords" in checked:
+            coords = transforms.apply_coords(
+                checked["point_coords"], self.original_size, self.input_size
+            )
+            prompts["points"] = coords.astype(np.float32)
+            prompts["labels"] = checked["point_labels"].astype(np.int32)
+        if "box" in checked:
+            box = checked["box"]
+            corners = transforms.apply_coords(
+                box.reshape(box.shape[:-1] + (2, 2)),
+                self.original_size,
+                self.input_size,
+            )
+            prompts["boxes"] = corners.reshape((-1, 1, 2, 2)).astype(np.float32)
+        if "mask_input" in checked:
+            prompts["masks"] = checked["mask_input"].reshape(
+                (-1, 1) + self.mask_input_size + (1,)
+            )
+        if not batch_shape:
+            for key in ("points", "labels"):
+                if key in prompts:
+                    prompts[key] = prompts[key][None]
+        if "points" in prompts and "boxes" not in prompts:
+            # The official encoder's padding point: (0, 0) with label -1.
+            b = prompts["points"].shape[0]
+            prompts["points"] = np.concatenate(
+                [prompts["points"], np.zeros((b, 1, 2), np.float32)], axis=1
+            )
+            prompts["labels"] = np.concatenate(
+                [prompts["labels"], -np.ones((b, 1), np.int32)], axis=1
+            )
+        return prompts
+
+    def _run_decoder(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """All `(B, T, h, w)` low-res logits and `(B, T)` scores.
+
+        Prompt batches go through the compiled decoder in chunks of at most
+        `decode_chunk_size`, each padded (by repeating its last prompt) to a
+        power of two: compiled functions are traced per input shape, so any
+        batch size reuses one of a few traces, and large batches keep a
+        bounded working set. The padding rows are dropped.
+        """
+        decode = self.model.compiled_method("decode")
+
+        def run(chunk, rows=None):
+            out = decode(self.features, **chunk)
+            return (
+                keras.ops.convert_to_numpy(out["masks"])[:rows],
+                keras.ops.convert_to_numpy(out["iou_pred"])[:rows],
+            )
+
+        if not prompts:
+            return run({})
+        batch = next(iter(prompts.values())).shape[0]
+        chunk_size = self.decode_chunk_size  # validated >= 1
+        logits, scores = [], []
+        for start in range(0, batch, chunk_size):
+            chunk = {
+                k: v[start : start + chunk_size] for k, v in prompts.items()
+            }
+            rows = next(iter(chunk.values())).shape[0]
+            padded = min(1 << (rows - 1).bit_length(), chunk_size)
+            if padded > rows:
+                chunk = {
+                    k: np.concatenate(
+                        [v, np.repeat(v[-1:], padded - rows, axis=0)]
+                    )
+                    for k, v in chunk.items()
+                }
+            chunk_logits, chunk_scores = run(chunk, rows)
+            logits.append(chunk_logits)
+            scores.append(chunk_scores)
+        if len(logits) == 1:
+            return logits[0], scores[0]
+        return np.concatenate(logits), np.concatenate(scores)
+
+    def _decode(self, prompts, multimask_output: bool):
+        logits, scores = self._run_decoder(prompts)  # (B, T, h, w), (B, T)
+        if multimask_output:
+            return logits[:, 1:], scores[:, 1:]
+        single, single_score = logits[:, :1], scores[:, :1]
+        if self.use_stability_fallback and logits.shape[1] > 1:
+            stable = stability_score(
+                single[:, 0], MASK_THRESHOLD, self.stability_delta, empty=1.0
+            )
+            best = 1 + np.argmax(scores[:, 1:], axis=1)
+            rows = np.arange(logits.shape[0])
+            unstable = stable < self.stability_thresh
+            single = np.where(
+                unstable[:, None, None, None],
+                logits[rows, best][:, None],
+                single,
+            )
+            single_score = np.where(
+                unstable[:, None], scores[rows, best][:, None], single_score
+            )
+        return single, single_score
+
+    def _finish(self, logits, scores, return_logits: bool):
+        masks = self.upscale(
+            logits, threshold=None if return_logits else MASK_THRESHOLD
+        )
+        return masks, scores, logits
+
+    # -- public prediction ---------------------------------------------------
+
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for one prompt on the current image.
+
+        Args:
+            point_coords: `(N, 2)` x, y pixels in the original image.
+            point_labels: `(N,)`: 1 foreground, 0 background (2/3 box
+                corners, -1 ignored).
+            box: `(4,)` x1, y1, x2, y2 pixels in the original image.
+            mask_input: `(1, 256, 256)` low-resolution logits from an
+                earlier `predict` (its third output), not a binary mask.
+            multimask_output: three masks for an ambiguous prompt (True) or
+                one (False).
+            return_logits: return logits instead of boolean masks.
+
+        Returns:
+            `(masks, scores, low_res_logits)`: `(C, H, W)` bool (or float32
+            logits), `(C,)` predicted IoUs, `(C, 256, 256)` logits, with
+            `C = 3` for multimask output and 1 otherwise.
+
+        Raises:
+            RuntimeError: no image set.
+            ValueError: a prompt of the wrong shape, non-finite, outside the
+                image, a box with x2 < x1 or y2 < y1, a wrong `mask_input`
+                size.
+        """
+        self._require_image()
+        prompts = self._prepare(point_coords, point_labels, box, mask_input, ())
+        logits, scores = self._decode(prompts, multimask_output)
+        masks, scores, logits = self._finish(logits, scores, return_logits)
+        return masks[0], scores[0], logits[0]
+
+    def predict_batch(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Masks for a batch of B prompts on the current image, decoded
+        together (e.g. several boxes at once).
+
+        Args:
+            point_coords: `(B, N, 2)`; point_labels: `(B, N)`.
+            boxes: `(B, 4)` x1, y1, x2, y2.
+            mask_input: `(B, 1, 256, 256)` or `(B, 256, 256)` logits.
+            multimask_output, return_logits: as in `predict`.
+
+        Returns:
+            `(masks (B, C, H, W), scores (B, C), low_res_logits
+            (B, C, 256, 256))`.
+        """
+        logits, scores = self.predict_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output
+        )
+        return self._finish(logits, scores, return_logits)
+
+    def predict_low_res(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's low-resolution logits and scores for a batch of B
+        prompts, not upscaled: for callers that filter masks before paying
+        for the upscaling to the image size (as the automatic mask generator
+        does), then upscale the rest with `upscale`.
+
+        Arguments as in `predict_batch`.
+
+        Returns:
+            `(low_res_logits (B, C, 256, 256), scores (B, C))` NumPy.
+        """
+        self._require_image()
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError(
+                "A prompt batch needs at least one of point_coords, boxes "
+                "or mask_input: it has no batch size otherwise."
+            )
+        prompts = self._prepare(
+            point_coords, point_labels, boxes, mask_input, ("B",)
+        )
+        return self._decode(prompts, multimask_output)
+
+    def upscale(self, low_res_logits, threshold: float | None = None):
+        """Low-res logits `(..., 256, 256)` of the current image to its
+        original size `(..., H, W)`: float32 logits, or the bool masks
+        `logits > threshold`."""
+        self._require_image()
+        return transforms.postprocess_masks(
+            low_res_logits,
+            self.input_size,
+            self.original_size,
+            self.image_size,
+            threshold=threshold,
+        )

@@ -1,0 +1,122 @@
+"""compile_inference: compiled results equal eager ones on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sam import SAMMaskDecoder
+from keras_sam.backend.compile import compile_inference
+from tests import helpers
+
+
+def _decoder_and_inputs():
+    decoder = SAMMaskDecoder(
+        hidden_size=32,
+        num_layers=1,
+        intermediate_dim=16,
+        num_heads=2,
+        embedding_dim=32,
+        iou_head_hidden_dim=16,
+    )
+    decoder.build()
+    rng = np.random.default_rng(0)
+    inputs = dict(
+        image_embeddings=rng.normal(size=(1, 4, 4, 32)).astype("float32"),
+        prompt_dense_positional_embeddings=rng.normal(
+            size=(1, 4, 4, 32)
+        ).astype("float32"),
+        prompt_sparse_embeddings=rng.normal(size=(3, 2, 32)).astype("float32"),
+        prompt_dense_embeddings=rng.normal(size=(1, 4, 4, 32)).astype(
+            "float32"
+        ),
+    )
+    return decoder, inputs
+
+
+def _check():
+    decoder, inputs = _decoder_and_inputs()
+    eager = decoder(**inputs)
+    compiled = compile_inference(decoder, decoder.call)(**inputs)
+    for key in ("masks", "iou_pred"):
+        helpers.assert_close(
+            compiled[key],
+            helpers.to_numpy(eager[key]),
+            helpers.SAME_BACKEND_RTOL,
+        )
+
+
+def test_compiled_equals_eager():
+    _check()
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile is torch-only"
+)
+def test_opt_in_torch_compile(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("KERAS_SAM_TORCH_COMPILE", "1")
+    decoder, inputs = _decoder_and_inputs()
+    run = compile_inference(decoder, decoder.call)
+    out = run(**inputs)
+    assert not out["masks"].requires_grad  # under no_grad
+    torch._dynamo.reset()
+    eager = decoder(**inputs)
+    helpers.assert_close(
+        out["masks"],
+        helpers.to_numpy(eager["masks"]),
+        helpers.SAME_BACKEND_RTOL,
+    )
+
+
+def test_fuse_elementwise_same_values_and_gradients():
+    """The fused function (an XLA cluster on TensorFlow, `fn` itself
+    elsewhere) gives fn's values and gradients, eagerly and compiled."""
+    from keras_sam.backend.compile import fuse_elementwise
+
+    norm = keras.layers.LayerNormalization(epsilon=1e-6)
+    norm.build((None, 8))
+    norm.gamma.assign(np.linspace(0.5, 1.5, 8).astype("float32"))
+
+    def fn(x, bias):
+        return keras.activations.gelu(norm(x + bias), approximate=False)
+
+    fused = fuse_elementwise(fn)
+    if keras.backend.backend() == "tensorflow":
+        assert fused is not fn
+        assert fused._jit_compile
+    else:
+        assert fused is fn
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 8)).astype("float32")
+    bias = rng.normal(size=(8,)).astype("float32")
+    expected = helpers.to_numpy(fn(x, bias))
+    helpers.assert_close(fused(x, bias), expected, 1e-6, "eager")
+
+    class Wrap(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.norm = norm
+
+        def call(self, x, bias):
+            return fused(x, bias)
+
+    layer = Wrap()
+    compiled = compile_inference(layer, layer.call)
+    helpers.assert_close(compiled(x, bias), expected, 1e-6, "compiled")
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xt)
+            a = tf.reduce_sum(fused(xt, bias) ** 2)
+            b = tf.reduce_sum(fn(xt, bias) ** 2)
+        for wrt in (xt, norm.gamma):
+            helpers.assert_close(
+                tape.gradient(a, wrt),
+                helpers.to_numpy(tape.gradient(b, wrt)),
+                1e-5,
+                "gradient",
+            )
