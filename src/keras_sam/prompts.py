@@ -28,6 +28,19 @@ def split_per_image(tensors: dict, per_image: int) -> dict:
 
 def prompts_per_image(prompts: dict) -> int | None:
     """None (one prompt per image) or `K` of `(B, K, ...)` prompt tensors."""
+    unknown = [
+        k for k, v in prompts.items() if getattr(v.shape, "rank", 0) is None
+    ]
+    if unknown:
+        # TensorFlow's `fit` generalises a traced step to unknown ranks when
+        # it sees prompts of another layout; a new compile traces afresh.
+        raise ValueError(
+            "The prompts' rank is unknown, so one prompt per image cannot be "
+            "told from K per image. With the TensorFlow backend this "
+            "happens when one compiled model is fitted on prompts of two "
+            "layouts: call `model.compile(...)` again before fitting with "
+            f"the new layout. Received: unknown rank for {', '.join(unknown)}"
+        )
     extra = {
         name: len(value.shape) - PROMPT_RANKS[name]
         for name, value in prompts.items()
