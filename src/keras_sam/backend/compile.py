@@ -8,8 +8,8 @@ autograd graph is kept). `torch.compile` is opt-in with the environment
 variable `KERAS_SAM_TORCH_COMPILE=1`: it makes each decoder call faster,
 but its first call compiles for tens of seconds and every new prompt count
 compiles again, which an interactive predictor or a one-image command never
-earns back (figures in BENCHMARKS.md). Arguments are NumPy arrays or None; shapes that change
-trigger a new trace, as usual.
+earns back (figures in BENCHMARKS.md). Arguments are NumPy arrays or None;
+shapes that change trigger a new trace, as usual.
 
 `fuse_elementwise(fn)` runs a function of element-wise work (a residual
 addition and layer norm, a bias and activation) as one fused kernel on
@@ -43,8 +43,8 @@ def fuse_elementwise(fn):
     On TensorFlow: `tf.function(fn, jit_compile=True)`, an XLA cluster that
     runs eagerly, inside other `tf.function`s and under a gradient tape,
     with one pass over memory instead of one per op (the results differ
-    from op-by-op only in float rounding). JAX's `jit` fuses element-wise work by
-    itself and PyTorch runs eagerly, so there `fn` is returned unchanged.
+    from op-by-op only in float rounding). JAX's `jit` fuses element-wise
+    work by itself and PyTorch runs eagerly, so there `fn` is returned unchanged.
     Each new input shape compiles once.
     """
     if keras.backend.backend() == "tensorflow":
