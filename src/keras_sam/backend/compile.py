@@ -44,8 +44,8 @@ def fuse_elementwise(fn):
     runs eagerly, inside other `tf.function`s and under a gradient tape,
     with one pass over memory instead of one per op (the results differ
     from op-by-op only in float rounding). JAX's `jit` fuses element-wise
-    work by itself and PyTorch runs eagerly, so there `fn` is returned unchanged.
-    Each new input shape compiles once.
+    work by itself and PyTorch runs eagerly, so there `fn` is returned
+    unchanged. Each new input shape compiles once.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
