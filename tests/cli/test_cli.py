@@ -205,10 +205,10 @@ def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
     result = run(*argv, *AUTO_FLAGS)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.json",
-        "a.png",
-        "b.json",
-        "b.png",
+        "a.png.json",
+        "a.png.overlay.png",
+        "b.jpg.json",
+        "b.jpg.overlay.png",
     ]
     assert "[1/2]" in result.stderr and "[2/2]" in result.stderr
 
@@ -222,7 +222,7 @@ def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
     )
     image = np.asarray(Image.open(folder / "a.png").convert("RGB"))
     expected = generator.generate(image)
-    document = json.loads((out / "a.json").read_text())
+    document = json.loads((out / "a.png.json").read_text())
     assert document["images"][0]["height"] == 120
     annotations = document["annotations"]
     assert len(annotations) == len(expected) > 0
@@ -232,7 +232,7 @@ def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
         np.testing.assert_array_equal(decoded, record["segmentation"])
         assert ann["bbox"] == list(record["bbox"])
         assert ann["area"] == record["area"]
-    with Image.open(out / "a.png") as im:  # image + legend panel
+    with Image.open(out / "a.png.overlay.png") as im:  # image + legend
         assert im.size[0] > 160 and im.size[1] >= 120
 
     # Done images are skipped; --overwrite redoes them.

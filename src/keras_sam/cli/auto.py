@@ -3,8 +3,24 @@
 import os
 
 from keras_sam.cli.common import add_model_arguments
+from keras_sam.cli.common import check_model_arguments
+from keras_sam.cli.common import check_output_folder
+from keras_sam.cli.common import describe
 from keras_sam.cli.common import load_model
 from keras_sam.cli.common import log
+from keras_sam.cli.common import number
+
+JSON_SUFFIX = ".json"
+OVERLAY_SUFFIX = ".overlay.png"
+
+# generator argument -> flag, for the line that says why no mask was kept
+THRESHOLD_FLAGS = {
+    "pred_iou_thresh": "--pred-iou-thresh",
+    "stability_score_thresh": "--stability-score-thresh",
+    "box_nms_thresh": "--box-nms-thresh",
+    "crop_nms_thresh": "--crop-nms-thresh",
+    "min_mask_region_area": "--min-mask-region-area",
+}
 
 
 def add_parser(sub) -> None:
@@ -13,27 +29,59 @@ def add_parser(sub) -> None:
         help="segment everything in images (automatic mask generation)",
         description=(
             "Run the automatic mask generator over images or folders of "
-            "images. For each image, OUT/<name>.json holds COCO-style "
-            "annotations (RLE segmentation, bbox XYWH, area, predicted_iou, "
-            "stability_score, point_coords, crop_box) and OUT/<name>.png an "
-            "overlay. Images already done are skipped unless --overwrite."
+            "images. Each picture's results go below OUT_DIR under its path "
+            "relative to the folder holding all inputs (the folder itself "
+            "when one folder is given), with its extension kept: "
+            "<name>.json holds COCO-style annotations (RLE segmentation, "
+            "bbox XYWH, area, predicted_iou, stability_score, point_coords, "
+            "crop_box) and <name>.overlay.png an overlay. So `auto photos "
+            "-o out` writes out/a.jpg.json, out/a.png.json, out/sub/x.png."
+            "json (with --recursive); `auto p q -o out` writes "
+            "out/p/x.png.json and out/q/x.png.json. OUT_DIR may not be an "
+            "input folder and no result may land among the inputs. Each "
+            "picture's two files are written together or not at all; "
+            "pictures whose .json exists are skipped unless --overwrite. "
+            "A picture that cannot be read is reported and the others go "
+            "on (exit status 1 at the end)."
         ),
     )
-    auto.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    auto.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="pictures, or folders of pictures (by suffix: png, jpg, "
+        "jpeg, bmp, gif, tif, tiff, webp; hidden files skipped)",
+    )
+    auto.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="also the pictures in the folders' subfolders",
+    )
     auto_model = auto.add_argument_group("model")
     add_model_arguments(auto_model)
     amg = auto.add_argument_group("generator (official defaults)")
-    amg.add_argument("--points-per-side", type=int, default=32)
-    amg.add_argument("--points-per-batch", type=int, default=64)
-    amg.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    amg.add_argument("--stability-score-thresh", type=float, default=0.95)
-    amg.add_argument("--stability-score-offset", type=float, default=1.0)
-    amg.add_argument("--box-nms-thresh", type=float, default=0.7)
-    amg.add_argument("--crop-n-layers", type=int, default=0)
-    amg.add_argument("--crop-nms-thresh", type=float, default=0.7)
-    amg.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500)
-    amg.add_argument("--crop-n-points-downscale-factor", type=int, default=1)
-    amg.add_argument("--min-mask-region-area", type=int, default=0)
+    positive = number(int, 1)
+    unit = number(float, 0.0, 1.0)
+    amg.add_argument("--points-per-side", type=positive, default=32)
+    amg.add_argument("--points-per-batch", type=positive, default=64)
+    amg.add_argument("--pred-iou-thresh", type=number(), default=0.88)
+    amg.add_argument("--stability-score-thresh", type=unit, default=0.95)
+    amg.add_argument(
+        "--stability-score-offset", type=number(float, 0.0), default=1.0
+    )
+    amg.add_argument("--box-nms-thresh", type=unit, default=0.7)
+    amg.add_argument("--crop-n-layers", type=number(int, 0), default=0)
+    amg.add_argument("--crop-nms-thresh", type=unit, default=0.7)
+    amg.add_argument(
+        "--crop-overlap-ratio",
+        type=number(float, 0.0, 1.0, high_open=True),
+        default=512 / 1500,
+    )
+    amg.add_argument(
+        "--crop-n-points-downscale-factor", type=positive, default=1
+    )
+    amg.add_argument("--min-mask-region-area", type=number(int, 0), default=0)
     auto.add_argument(
         "-o", "--output", required=True, metavar="OUT_DIR", help="output folder"
     )
@@ -42,26 +90,157 @@ def add_parser(sub) -> None:
     )
 
 
-def run(parser, args) -> int:
-    from keras_sam import io
-    from keras_sam import visualize
+SKIP_TEXT = {
+    "not a picture": "not a picture",
+    "hidden": "hidden",
+    "subfolder": "subfolder without --recursive",
+    "link to a folder": "link to a folder, not followed",
+    "excluded": "the output folder",
+    "given twice": "given twice",
+    "cannot be listed": "folder that cannot be listed",
+}
 
+
+def skipped_line(skipped: list[tuple[str, str]]) -> str:
+    """One line saying what `scan_images` passed over and why."""
+    groups: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        groups.setdefault(reason, []).append(path)
+    parts = []
+    for reason, paths in groups.items():
+        shown = ", ".join(paths[:3])
+        if len(paths) > 3:
+            shown += f" and {len(paths) - 3} more"
+        parts.append(f"{SKIP_TEXT.get(reason, reason)}: {shown}")
+    return f"skipped {len(skipped)}: " + "; ".join(parts)
+
+
+def plan(parser, args) -> list[tuple[str, str, str]]:
+    """`(picture, json path, overlay path)` of every picture the inputs
+    name; usage errors for outputs that could touch an input."""
+    from keras_sam import io
+
+    out = args.output
+    out_real = os.path.realpath(out)
+    for item in args.inputs:
+        if os.path.isdir(item) and os.path.realpath(item) == out_real:
+            parser.error(
+                f"-o/--output: {out} is the input folder {item}; the "
+                "results would mix with its pictures. Give another folder"
+            )
     try:
-        images = io.collect_images(args.inputs)
+        images, skipped = io.scan_images(
+            args.inputs, recursive=args.recursive, exclude=(out,)
+        )
     except ValueError as e:
         parser.error(f"IMAGE_OR_DIR: {e}")
+    if skipped:
+        log(skipped_line(skipped))
+    if not images:
+        parser.error(
+            f"IMAGE_OR_DIR: no pictures found in {' '.join(args.inputs)}"
+        )
+    try:
+        names = io.mirrored_names(images, args.inputs)
+    except ValueError as e:  # inputs on different drives (Windows)
+        parser.error(f"IMAGE_OR_DIR: {e}")
+    inputs = {os.path.realpath(p) for p in images}
+    folders = [os.path.realpath(i) for i in args.inputs if os.path.isdir(i)]
+    jobs = []
+    for path, name in zip(images, names, strict=True):
+        json_path = os.path.join(out, name + JSON_SUFFIX)
+        png_path = os.path.join(out, name + OVERLAY_SUFFIX)
+        for target in (json_path, png_path):
+            real = os.path.realpath(target)
+            if real in inputs:
+                parser.error(
+                    f"-o/--output: the result {target} would replace an "
+                    "input picture. Give an output folder outside the inputs"
+                )
+            for folder in folders:
+                # A result a later run would take for a picture: one in an
+                # input folder, or below it with --recursive (unless OUT,
+                # skipped by the walk, is in between).
+                if os.path.dirname(real) == folder or (
+                    args.recursive
+                    and io.is_within(real, folder)
+                    and not io.is_within(out_real, folder)
+                ):
+                    parser.error(
+                        f"-o/--output: the result {target} would be written "
+                        f"into the input folder {folder}. Give an output "
+                        "folder outside the inputs"
+                    )
+            if os.path.isdir(target):
+                parser.error(
+                    f"-o/--output: {target} is a folder; the result for "
+                    f"{path} is written under that name"
+                )
+        jobs.append((path, json_path, png_path))
+    return jobs
+
+
+def why_no_masks(generator, args) -> str:
+    """One sentence on where the candidate masks of the last picture went
+    (`SAMAutomaticMaskGenerator.last_stats`)."""
+    fallback = (
+        "no mask passed the thresholds (--pred-iou-thresh "
+        f"{args.pred_iou_thresh:g}, --stability-score-thresh "
+        f"{args.stability_score_thresh:g}); try lower ones"
+    )
+    stats = getattr(generator, "last_stats", None)
+    try:
+        removed = {k: int(v) for k, v in stats["removed"].items() if v}
+        candidates = int(stats["masks"])
+        points = int(stats["points"])
+    except (TypeError, KeyError, ValueError):
+        return fallback
+    if not candidates:
+        return "no mask: no point prompt was decoded"
+    parts = []
+    for step, count in removed.items():
+        flag = THRESHOLD_FLAGS.get(step)
+        if flag is not None:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            parts.append(f"{flag} {value:g} removed {count}")
+        else:
+            parts.append(f"{step.replace('_', ' ')} removed {count}")
+    hint = ""
+    if {"pred_iou_thresh", "stability_score_thresh"} & set(removed):
+        hint = "; try lower thresholds"
+    return (
+        f"no mask kept: of {candidates} candidate masks ({points} points, "
+        f"3 each), {', '.join(parts)}{hint}"
+    )
+
+
+def run(parser, args) -> int:
+    from keras_sam import io
+
+    check_model_arguments(parser, args)
+    check_output_folder(parser, "-o/--output", args.output)
+    jobs = plan(parser, args)
     os.makedirs(args.output, exist_ok=True)
-    todo = []
-    for path in images:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        json_path = os.path.join(args.output, stem + ".json")
-        if os.path.exists(json_path) and not args.overwrite:
-            log(f"skip {path}: {json_path} exists (use --overwrite)")
-            continue
-        todo.append((path, stem, json_path))
+    removed = []
+    folders = {args.output} | {os.path.dirname(j) for _, j, _ in jobs}
+    for folder in sorted(folders):
+        removed += io.remove_leftovers(folder)
+    if removed:
+        log(
+            f"removed {len(removed)} temporary file(s) an interrupted run "
+            f"left in {args.output}"
+        )
+    todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
+    if len(todo) < len(jobs):
+        log(
+            f"skipped {len(jobs) - len(todo)} picture(s) already done in "
+            f"{args.output} (--overwrite redoes them)"
+        )
     if not todo:
         return 0
     model = load_model(parser, args)
+    from keras_sam import visualize  # noqa: I001
+    from keras_sam.inference.amg_utils import rle_to_mask
     from keras_sam.inference.automatic_mask_generator import (
         SAMAutomaticMaskGenerator,
     )
@@ -80,19 +259,24 @@ def run(parser, args) -> int:
         crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
         min_mask_region_area=args.min_mask_region_area,
         output_mode="uncompressed_rle",
+        progress=True,  # point batches on stderr: a large picture takes a while
     )
-    from keras_sam.inference.amg_utils import rle_to_mask
-
-    failures = 0
-    for index, (path, stem, json_path) in enumerate(todo):
+    failed = []
+    for index, (path, json_path, png_path) in enumerate(todo):
         log(f"[{index + 1}/{len(todo)}] {path}")
         try:
             image = io.read_image(path)
-        except ValueError as e:
-            log(f"error: {e}")
-            failures += 1
+            # ValueError: a picture the model cannot take (too elongated)
+            records = generator.generate(image)
+        except (ValueError, OSError) as e:
+            message = describe(e)
+            if path not in message:
+                message = f"{path}: {message}"
+            log(f"error: {message}")
+            failed.append(path)
             continue
-        records = generator.generate(image)
+        if not records:
+            log(f"{path}: {why_no_masks(generator, args)}")
         h, w = image.shape[:2]
         annotations = [
             {"id": i, "image_id": 0, "category_id": 1, **record}
@@ -117,8 +301,17 @@ def run(parser, args) -> int:
             scores=[r["predicted_iou"] for r in records],
             legend=len(masks) <= 12,
         )
-        io.write_png(picture, os.path.join(args.output, stem + ".png"))
-        io.write_json(io.jsonable(document), json_path)
+        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+        # the .json last: it marks the picture done
+        with io.output_group() as group:
+            io.write_png(picture, png_path, group=group)
+            io.write_json(io.jsonable(document), json_path, group=group)
         print(json_path, flush=True)
         del masks, records
-    return 1 if failures else 0
+    if failed:
+        shown = ", ".join(failed[:3]) + (
+            f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        )
+        log(f"{len(failed)} of {len(todo)} pictures failed: {shown}")
+        return 1
+    return 0

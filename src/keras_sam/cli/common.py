@@ -1,7 +1,22 @@
-"""What the subcommands share: model flags, loading, messages."""
+"""What the subcommands share: model flags, loading, output folders,
+messages."""
 
+import argparse
+import math
 import os
 import sys
+
+# The HDF5 attribute of a `.weights.h5` file written by `keras-sam convert`
+# that holds the architecture (JSON of the three config dicts), so that
+# `--checkpoint` can build the model before loading the weights.
+H5_CONFIG_ATTRIBUTE = "keras_sam_config"
+
+CHECKPOINT_HELP = (
+    "an official .pth or .safetensors (architecture read from its tensor "
+    "shapes), a keras-sam .safetensors, or a .weights.h5 written by "
+    "`keras-sam convert` (architecture stored in it; another .weights.h5 "
+    "needs --preset for its architecture)"
+)
 
 
 def log(message: str) -> None:
@@ -9,20 +24,33 @@ def log(message: str) -> None:
     print(f"keras-sam: {message}", file=sys.stderr, flush=True)
 
 
+def describe(error: BaseException) -> str:
+    """`error` as one line for a user: the message of an error the user
+    can act on (bad file, bad value, a missing extra), else its type and
+    message."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error)
+    text = " ".join(text.split()) or type(error).__name__
+    if len(text) > 1000:
+        text = text[:1000] + " ..."
+    if not isinstance(error, (ValueError, OSError, ImportError)):
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
 def add_model_arguments(group) -> None:
     """`--checkpoint` and `--preset` in an argument group."""
     from keras_sam.models.presets import PRESETS
 
-    group.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="official .pth or .safetensors (architecture read from it)",
-    )
+    group.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
     group.add_argument(
         "--preset",
         metavar="NAME",
         help=f"one of {', '.join(sorted(PRESETS))}; downloads the official "
-        "weights unless --checkpoint is given",
+        "weights (cached) unless --checkpoint is given; sam_shapes is "
+        "bundled",
     )
 
 
@@ -37,19 +65,126 @@ def check_model_arguments(parser, args) -> None:
             f"--preset: unknown preset {args.preset!r}; available: "
             f"{', '.join(sorted(PRESETS))}"
         )
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
-        parser.error(f"--checkpoint: no such file: {args.checkpoint}")
+    if args.checkpoint is not None:
+        check_input_file(parser, "--checkpoint", args.checkpoint)
+
+
+def check_input_file(parser, flag: str, path: str) -> None:
+    """A usage error unless `path` is an existing file."""
+    if os.path.isdir(path):
+        parser.error(f"{flag}: {path} is a folder, not a file")
+    if not os.path.exists(path):
+        parser.error(f"{flag}: no such file: {path}")
+    if not os.path.isfile(path):
+        parser.error(f"{flag}: {path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        parser.error(f"{flag}: cannot read {path} (permission denied)")
+
+
+def check_output_folder(parser, flag: str, path: str) -> None:
+    """A usage error unless `path` is a folder that can be written, or can
+    be created. Nothing is created."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"{flag}: {path} is a file, not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        parser.error(f"{flag}: cannot create {path}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(
+            f"{flag}: cannot write in {existing} (permission denied or a "
+            "read-only disk)"
+        )
 
 
 def load_model(parser, args):
-    """The model the flags name (a usage error if they name none)."""
-    from keras_sam.models.sam import SAM
+    """The model the flags name (a usage error if they name none).
+
+    An official preset's weights are downloaded before anything is built,
+    so that a failed download fails at once.
+    """
+    from keras_sam.models.presets import PRESETS
 
     check_model_arguments(parser, args)
+    weights = args.checkpoint
+    preset = PRESETS.get(args.preset) if args.preset else None
+    if weights is None and "bundled" not in preset:
+        weights = _download(preset)
+    config = None
+    if weights is not None and str(weights).endswith(".weights.h5"):
+        config = _keras_weights_config(args, weights)
     log(f"loading model ({args.checkpoint or args.preset})")
+    from keras_sam.models.sam import SAM
+
+    if config is not None:
+        model = SAM.from_config_dicts(
+            config["image_encoder"],
+            config["prompt_encoder"],
+            config["mask_decoder"],
+            name=args.preset or "sam",
+        )
+        model.build()
+        model.load_weights(weights)
+        return model
     if args.preset is not None:
-        return SAM.from_preset(args.preset, weights=args.checkpoint or True)
-    return SAM.from_checkpoint(args.checkpoint)
+        return SAM.from_preset(args.preset, weights=weights or True)
+    return SAM.from_checkpoint(weights)
+
+
+def _download(preset: dict):
+    from keras_sam.convert.download import download
+
+    try:
+        return download(
+            preset["url"], sha256=preset["sha256"], size=preset.get("size")
+        )
+    except (ValueError, OSError) as e:
+        message = describe(e)
+        if "--checkpoint" not in message:
+            message += (
+                " (offline? download the file elsewhere and give it as "
+                "--checkpoint PATH)"
+            )
+        raise ValueError(message) from e
+
+
+def _keras_weights_config(args, path: str) -> dict:
+    """The architecture for a `.weights.h5`: `--preset`'s, else the one
+    `keras-sam convert` stored in the file (read without Keras)."""
+    import json
+
+    import h5py
+
+    from keras_sam.models.presets import PRESETS
+
+    try:
+        with h5py.File(path, "r") as f:
+            stored = f.attrs.get(H5_CONFIG_ATTRIBUTE)
+    except OSError as e:
+        raise ValueError(
+            f"--checkpoint: cannot read {path} as a Keras .weights.h5 file "
+            f"({describe(e)})"
+        ) from e
+    if args.preset is not None:
+        return PRESETS[args.preset]
+    if stored is None:
+        raise ValueError(
+            f"--checkpoint: {path} holds Keras weights without their "
+            "architecture (not written by `keras-sam convert`); give "
+            "--preset NAME for it"
+        )
+    try:
+        config = json.loads(stored)
+        return {part: dict(config[part]) for part in _PARTS}
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(
+            f"--checkpoint: the architecture stored in {path} is damaged "
+            f"({describe(e)})"
+        ) from e
+
+
+_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
 def parse_numbers(parser, flag: str, text: str, counts: tuple[int, ...]):
@@ -68,3 +203,38 @@ def parse_numbers(parser, flag: str, text: str, counts: tuple[int, ...]):
             f"{flag} {text}"
         )
     return values
+
+
+def number(
+    kind=float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    high_open: bool = False,
+):
+    """An argparse `type`: a finite `kind` (int or float) in `[low, high]`
+    (`[low, high)` with `high_open`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        bad_high = value is not None and (
+            value >= high if high_open else value > high
+        )
+        if value is None or not math.isfinite(value) or value < low or bad_high:
+            what = "an integer" if kind is int else "a number"
+            if math.isinf(low) and math.isinf(high):
+                where = ""
+            elif math.isinf(high):
+                where = f" >= {low:g}"
+            else:
+                bracket = ")" if high_open else "]"
+                where = f" in [{low:g}, {high:g}{bracket}"
+            raise argparse.ArgumentTypeError(
+                f"must be {what}{where}. Received: {text}"
+            )
+        return value
+
+    parse.__name__ = "int" if kind is int else "number"
+    return parse

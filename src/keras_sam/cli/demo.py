@@ -3,6 +3,7 @@
 import os
 import time
 
+from keras_sam.cli.common import check_output_folder
 from keras_sam.cli.common import log
 
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(parser, args) -> int:
+    check_output_folder(parser, "-o/--output", args.output)
     import keras
     import numpy as np
 
@@ -72,8 +74,11 @@ def run(parser, args) -> int:
         boxes=box[None],
     )
     overlay = os.path.join(args.output, "demo_overlay.png")
-    io.write_png(picture, overlay)
-    io.write_png(image, os.path.join(args.output, "demo_input.png"))
+    with io.output_group() as group:
+        io.write_png(picture, overlay, group=group)
+        io.write_png(
+            image, os.path.join(args.output, "demo_input.png"), group=group
+        )
     print(
         f"held-out shapes picture {args.seed} ({image.shape[1]}x"
         f"{image.shape[0]}, {len(masks)} objects), bundled model sam_shapes"

@@ -4,8 +4,21 @@ import os
 
 
 def add_parser(sub) -> None:
-    info = sub.add_parser("info", help="architecture and size of a checkpoint")
-    info.add_argument("checkpoint", help="official .pth or .safetensors")
+    info = sub.add_parser(
+        "info",
+        help="architecture and size of a checkpoint",
+        description=(
+            "Print, as JSON, the architecture, tensor and parameter counts "
+            "and matching preset of an official checkpoint (architecture "
+            "read from its tensor shapes; the mask decoder's head count, in "
+            "no shape, is assumed to be the official 8 and listed under "
+            '"assumed") or of a keras-sam safetensors file (architecture '
+            "read from its metadata)."
+        ),
+    )
+    info.add_argument(
+        "checkpoint", help="official .pth or .safetensors, or keras-sam file"
+    )
 
 
 def run(parser, args) -> int:
@@ -13,14 +26,27 @@ def run(parser, args) -> int:
 
     import numpy as np
 
-    from keras_sam.convert.checkpoint import detect_architecture
-    from keras_sam.convert.checkpoint import read_state_dict
+    from keras_sam.convert import checkpoint
     from keras_sam.models.presets import PRESETS
+    from keras_sam.models.sam import KERAS_SAFETENSORS_FORMAT
 
-    if not os.path.isfile(args.checkpoint):
-        parser.error(f"CHECKPOINT: no such file: {args.checkpoint}")
-    state = read_state_dict(args.checkpoint)
-    config = detect_architecture(state)
+    path = args.checkpoint
+    if not os.path.isfile(path):
+        parser.error(f"CHECKPOINT: no such file: {path}")
+    if checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT:
+        state = checkpoint.read_state_dict(path)
+        config = checkpoint.read_metadata_config(path, state)
+        file_format = KERAS_SAFETENSORS_FORMAT
+        assumed = {}
+    else:
+        state = checkpoint.read_state_dict(path)
+        heads = checkpoint.OFFICIAL_MASK_DECODER_NUM_HEADS
+        config = checkpoint.detect_checkpoint_architecture(
+            path, state, mask_decoder_num_heads=heads
+        )
+        file_format = "official"
+        # In no tensor shape: what SAM.from_checkpoint uses unless told.
+        assumed = {"mask_decoder.num_heads": heads}
     preset = next(
         (
             name
@@ -30,11 +56,13 @@ def run(parser, args) -> int:
         None,
     )
     info = {
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": os.path.abspath(path),
+        "format": file_format,
         "tensors": len(state),
         "parameters": int(sum(np.prod(v.shape) for v in state.values())),
         "preset": preset,
         "architecture": config,
+        "assumed": assumed,
     }
     print(json.dumps(info, indent=2, default=list))
     return 0

@@ -1,13 +1,17 @@
 """Masks for a whole image from a grid of point prompts (SAM's "segment
 everything" mode)."""
 
+import bisect
+import itertools
 import math
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
 from keras_sam import checks
 from keras_sam.inference import amg_utils
+from keras_sam.inference import transforms
 from keras_sam.inference.predictor import MASK_THRESHOLD
 from keras_sam.inference.predictor import SAMPredictor
 
@@ -16,6 +20,22 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # Full-resolution logits upsampled at once: bounds the memory of a batch to
 # this many float32 pixels (128 MiB) whatever the image size.
 _MAX_UPSAMPLED_PIXELS = 1 << 25
+
+# Layer i has 4**i crops, one image encoder run each: 8 layers already make
+# 87,381 crops (crops of 1/256 of the picture's side). Beyond that the crop
+# list alone outgrows memory, so larger values are refused.
+MAX_CROP_LAYERS = 8
+
+# The steps of `generate` that remove masks, in order, as `last_stats`
+# counts them: the thresholds by argument name, and the crop-edge filter.
+REMOVAL_STEPS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "crop_edge",
+    "box_nms_thresh",
+    "crop_nms_thresh",
+    "min_mask_region_area",
+)
 
 
 def _check_float(
@@ -52,7 +72,20 @@ class SAMAutomaticMaskGenerator:
     box NMS on the predicted IoU, then duplicates between crops by box NMS
     that prefers smaller crops. Optionally, small holes and islands are
     removed from each mask and NMS runs again. Records come in the
-    official order.
+    official order. Crops of the crop layers that hold no pixel (the last
+    row or column of crops on pictures of a few pixels) or that are too
+    elongated for the model are skipped.
+
+    After each `generate`, `last_stats` says where the masks went (e.g.
+    why a picture gave no record): a dict with `crops` (crops encoded),
+    `crops_skipped`, `points` (point prompts decoded), `masks` (candidate
+    masks: three per point), `removed` (a dict: masks removed by each step,
+    in order: `pred_iou_thresh`, `stability_score_thresh`, `crop_edge`
+    (masks touching an inner crop edge), `box_nms_thresh`,
+    `crop_nms_thresh`, `min_mask_region_area` (the NMS after the small
+    region removal)) and `kept` (records returned), with
+    `masks == kept + sum(removed.values())`. It is None before the first
+    `generate` and while one runs.
 
     Unlike the official generator, which keeps every full-resolution mask
     of a crop until the end, masks are run-length encoded as soon as a batch
@@ -72,7 +105,8 @@ class SAMAutomaticMaskGenerator:
         stability_score_offset: logit shift of the stability score, >= 0.
         box_nms_thresh: box IoU above which NMS drops a duplicate within a
             crop, in `[0, 1]`.
-        crop_n_layers: number of crop layers beyond the whole image.
+        crop_n_layers: number of crop layers beyond the whole image, at
+            most `MAX_CROP_LAYERS` (8).
         crop_nms_thresh: box IoU above which NMS drops a duplicate between
             crops, in `[0, 1]`.
         crop_overlap_ratio: overlap of layer-1 crops as a fraction of the
@@ -87,7 +121,12 @@ class SAMAutomaticMaskGenerator:
         output_mode: `"binary_mask"` (bool `(H, W)` arrays),
             `"uncompressed_rle"` (`{"size": [H, W], "counts": [...]}`) or
             `"coco_rle"` (COCO compressed RLE, needs pycocotools).
-        progress: print a progress line over point batches on stderr.
+        progress: report progress over the point batches of a picture
+            (all crops together; off by default). True prints a line on
+            stderr ("point batch 7/20 (crop 2/5)"); a callable is called as
+            `progress(done, total)` with `done = 0` before the first batch
+            and after each batch, `total` the number of point batches of
+            the picture over its crops.
 
     Call arguments (`generate`):
         image: uint8 `(H, W, 3)` RGB array.
@@ -132,7 +171,7 @@ class SAMAutomaticMaskGenerator:
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
-        progress: bool = False,
+        progress: bool | Callable[[int, int], object] = False,
     ):
         if output_mode not in OUTPUT_MODES:
             raise ValueError(
@@ -140,6 +179,14 @@ class SAMAutomaticMaskGenerator:
                 f"output_mode={output_mode!r}"
             )
         self.crop_n_layers = checks.integer("crop_n_layers", crop_n_layers, 0)
+        if self.crop_n_layers > MAX_CROP_LAYERS:
+            raise ValueError(
+                f"`crop_n_layers` must be at most {MAX_CROP_LAYERS}: crop "
+                "layer i has 4**i crops, each encoded on its own "
+                f"({4**MAX_CROP_LAYERS} in layer {MAX_CROP_LAYERS}, crops "
+                f"1/{2**MAX_CROP_LAYERS} of the picture's side). Received: "
+                f"crop_n_layers={crop_n_layers!r}"
+            )
         self.crop_n_points_downscale_factor = checks.integer(
             "crop_n_points_downscale_factor",
             crop_n_points_downscale_factor,
@@ -198,7 +245,13 @@ class SAMAutomaticMaskGenerator:
             "min_mask_region_area", min_mask_region_area, 0.0
         )
         self.output_mode = output_mode
-        self.progress = bool(progress)
+        if not (isinstance(progress, (bool, np.bool_)) or callable(progress)):
+            raise ValueError(
+                "`progress` must be a bool or a callable "
+                f"`progress(done, total)`. Received: progress={progress!r}"
+            )
+        self.progress = progress if callable(progress) else bool(progress)
+        self.last_stats = None
         # Fail now, not after minutes of decoding, if an extra is missing.
         if output_mode == "coco_rle":
             amg_utils.import_optional("pycocotools.mask", "pycocotools")
@@ -244,6 +297,7 @@ class SAMAutomaticMaskGenerator:
 
     def generate(self, image) -> list[dict]:
         """Masks for `image`, uint8 `(H, W, 3)` RGB; see the class docs."""
+        self.last_stats = None
         image = np.asarray(image)
         if image.dtype != np.uint8:
             raise ValueError(
@@ -255,42 +309,80 @@ class SAMAutomaticMaskGenerator:
                 "`image` must have shape (H, W, 3) with H, W >= 1. Received: "
                 f"image.shape={image.shape}"
             )
-        data = self._generate_masks(image)
+        long_side = max(self.predictor.image_size)
+        transforms.check_preprocess_shape(
+            image.shape[:2], long_side, f"image.shape={image.shape}"
+        )
+        stats = {
+            "crops": 0,
+            "crops_skipped": 0,
+            "points": 0,
+            "masks": 0,
+            "removed": dict.fromkeys(REMOVAL_STEPS, 0),
+            "kept": 0,
+        }
+        data = self._generate_masks(image, stats)
         size = image.shape[:2]
         if self.min_mask_region_area > 0:
+            before = len(data["rles"])
             data = self._remove_small_regions(
                 data, size, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
-        return self._records(data, size)
+            removed = before - len(data["rles"])
+            stats["removed"]["min_mask_region_area"] += removed
+        records = self._records(data, size)
+        stats["kept"] = len(records)
+        self.last_stats = stats
+        return records
 
-    def _generate_masks(self, image: np.ndarray) -> dict:
+    def _usable_crop(self, crop_box) -> bool:
+        """Whether a crop holds a pixel and fits the model (crops of deep
+        layers on pictures of a few pixels may hold none)."""
+        x0, y0, x1, y1 = crop_box
+        if x1 <= x0 or y1 <= y0:
+            return False
+        long_side = max(self.predictor.image_size)
+        resized = transforms.preprocess_shape((y1 - y0, x1 - x0), long_side)
+        return min(resized) >= 1
+
+    def _generate_masks(self, image: np.ndarray, stats: dict) -> dict:
         image_size = image.shape[:2]
         crop_boxes, layers = amg_utils.generate_crop_boxes(
             image_size, self.crop_n_layers, self.crop_overlap_ratio
         )
+        crops = [
+            (box, layer)
+            for box, layer in zip(crop_boxes, layers, strict=True)
+            if self._usable_crop(box)
+        ]
+        stats["crops"] = len(crops)
+        stats["crops_skipped"] = len(crop_boxes) - len(crops)
         progress = _Progress(
-            sum(
-                math.ceil(len(self.point_grids[i]) / self.points_per_batch)
-                for i in layers
-            ),
+            [
+                math.ceil(len(self.point_grids[layer]) / self.points_per_batch)
+                for _, layer in crops
+            ],
             self.progress,
         )
         parts = [
-            self._process_crop(image, box, layer, progress)
-            for box, layer in zip(crop_boxes, layers, strict=True)
+            self._process_crop(image, box, layer, progress, stats)
+            for box, layer in crops
         ]
         progress.close()
         data = _concat(parts, _KEYS)
-        if len(crop_boxes) > 1:
+        if len(crops) > 1:
             # Between crops, prefer masks from smaller crops (float32, as
             # the official `1 / box_area`).
             area = amg_utils.box_area(data["crop_boxes"]).astype(np.float32)
             scores = np.float32(1.0) / area
             keep = amg_utils.nms(data["boxes"], scores, self.crop_nms_thresh)
+            stats["removed"]["crop_nms_thresh"] += len(data["rles"]) - len(keep)
             data = _take(data, keep)
         return data
 
-    def _process_crop(self, image, crop_box, layer: int, progress) -> dict:
+    def _process_crop(
+        self, image, crop_box, layer: int, progress, stats: dict
+    ) -> dict:
         x0, y0, x1, y1 = crop_box
         self.predictor.set_image(image[y0:y1, x0:x1])
         h, w = y1 - y0, x1 - x0
@@ -298,7 +390,9 @@ class SAMAutomaticMaskGenerator:
         parts = []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            parts.append(self._process_batch(batch, crop_box, image.shape))
+            parts.append(
+                self._process_batch(batch, crop_box, image.shape, stats)
+            )
             progress.step()
         self.predictor.reset_image()
         data = _concat(parts, _BATCH_KEYS)
@@ -306,13 +400,14 @@ class SAMAutomaticMaskGenerator:
         keep = amg_utils.nms(
             data["boxes"], data["iou_preds"], self.box_nms_thresh
         )
+        stats["removed"]["box_nms_thresh"] += len(data["rles"]) - len(keep)
         data = _take(data, keep)
         data["crop_boxes"] = np.tile(
             np.asarray(crop_box, np.int64), (len(keep), 1)
         )
         return data
 
-    def _process_batch(self, points, crop_box, image_shape) -> dict:
+    def _process_batch(self, points, crop_box, image_shape, stats) -> dict:
         predictor = self.predictor
         n = len(points)
         low_res, iou_preds = predictor.predict_low_res(
@@ -328,6 +423,10 @@ class SAMAutomaticMaskGenerator:
             keep = np.flatnonzero(iou_preds > np.float32(self.pred_iou_thresh))
         else:
             keep = np.arange(n * k)
+        stats["points"] += n
+        stats["masks"] += n * k
+        stats["removed"]["pred_iou_thresh"] += n * k - len(keep)
+        removed = stats["removed"]
         img_h, img_w = image_shape[:2]
         x0, y0 = crop_box[:2]
         h, w = predictor.original_size
@@ -343,6 +442,7 @@ class SAMAutomaticMaskGenerator:
             )
             if self.stability_score_thresh > 0.0:
                 ok = stability >= np.float32(self.stability_score_thresh)
+                removed["stability_score_thresh"] += len(ok) - int(ok.sum())
                 idx, logits, stability = idx[ok], logits[ok], stability[ok]
             masks = logits > MASK_THRESHOLD
             del logits
@@ -350,6 +450,7 @@ class SAMAutomaticMaskGenerator:
             ok = ~amg_utils.boxes_near_crop_edge(
                 boxes, crop_box, [0, 0, img_w, img_h]
             )
+            removed["crop_edge"] += len(ok) - int(ok.sum())
             rles = amg_utils.masks_to_rle(
                 masks[ok], crop_box=crop_box, image_size=(img_h, img_w)
             )
@@ -450,17 +551,26 @@ def _take(data: dict, idx: np.ndarray) -> dict:
 
 
 class _Progress:
-    """A one-line progress counter on stderr."""
+    """Progress over the point batches of one picture: a line on stderr
+    (`report=True`) or calls `report(done, total)`."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled
+    def __init__(self, batches_per_crop: list[int], report):
+        self.ends = list(itertools.accumulate(batches_per_crop))
+        self.total, self.done, self.report = self.ends[-1], 0, report
         self._show()
 
+    def _crop(self) -> int:
+        """1-based index of the crop of the last batch done (or the first)."""
+        return bisect.bisect_right(self.ends, max(self.done - 1, 0)) + 1
+
     def _show(self):
-        if self.enabled:
+        if callable(self.report):
+            self.report(self.done, self.total)
+        elif self.report:
             sys.stderr.write(
                 f"\rSAMAutomaticMaskGenerator: point batch "
-                f"{self.done}/{self.total}"
+                f"{self.done}/{self.total} (crop {self._crop()}/"
+                f"{len(self.ends)})"
             )
             sys.stderr.flush()
 
@@ -469,6 +579,6 @@ class _Progress:
         self._show()
 
     def close(self):
-        if self.enabled:
+        if self.report is True:
             sys.stderr.write("\n")
             sys.stderr.flush()

@@ -1,13 +1,26 @@
 """Interactive prediction with SAM: set an image once, prompt it many times."""
 
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 
+from keras_sam import checks
 from keras_sam.inference import transforms
 from keras_sam.inference.amg_utils import stability_score
 from keras_sam.prompts import check_prompts
 
 MASK_THRESHOLD = 0.0
+
+
+def _check_bool(name: str, value) -> bool:
+    """`value` as a bool: Python and NumPy booleans only (an array or a
+    number is refused instead of being truth-tested)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(
+        f"`{name}` must be a bool (True or False). Received: {name}={value!r}"
+    )
 
 
 class SAMPredictor:
@@ -21,6 +34,20 @@ class SAMPredictor:
     points come without a box, decodes, and upsamples the selected masks to
     the original image size (bilinear to the padded size, crop, bilinear to
     the original size, composed into one matrix per axis).
+
+    Full-size masks take `B * C * H * W` bytes (8.4 GiB for 1,000 prompts
+    with three masks each on a 1500x2000 picture). `predict_batch_iter`
+    yields them chunk by chunk instead, `(masks, scores, low_res_logits)`
+    of at most `chunk_size` prompts at a time, so that only one chunk of
+    full-size masks is held at once; `predict_low_res` skips the upscaling
+    altogether and `upscale` does it later for the masks one keeps.
+
+    Any aspect ratio works whose short side, once the long side is resized
+    to the model's input size, rounds to at least one pixel (up to
+    2048:1 for a 1024 input, 512:1 for 256); longer pictures are refused
+    with a `ValueError`. Embeddings with NaN or infinity are refused too:
+    from `set_image_embedding`, or out of the image encoder (bad weights,
+    float16 overflow), since their masks and scores would look normal.
 
     Args:
         model: a `keras_sam.SAM`.
@@ -61,7 +88,9 @@ class SAMPredictor:
                 "`decode_chunk_size` must be an int >= 1. Received: "
                 f"decode_chunk_size={decode_chunk_size}"
             )
-        self.use_stability_fallback = bool(use_stability_fallback)
+        self.use_stability_fallback = _check_bool(
+            "use_stability_fallback", use_stability_fallback
+        )
         self.stability_delta = float(stability_delta)
         self.stability_thresh = float(stability_thresh)
         self.image_size = tuple(model.prompt_encoder.input_image_size)
@@ -83,6 +112,12 @@ class SAMPredictor:
         Args:
             image: uint8 `(H, W, 3)` array.
             image_format: `"RGB"` or `"BGR"` channel order of `image`.
+
+        Raises:
+            ValueError: a wrong dtype or shape, an empty image, an image so
+                elongated that its short side would be resized to 0
+                pixels, or an image encoder that gives NaN or infinity
+                (the previous image is forgotten then).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(
@@ -108,15 +143,26 @@ class SAMPredictor:
         if image_format == "BGR":
             image = image[..., ::-1]
         original_size = image.shape[:2]
-        input_size = transforms.preprocess_shape(
-            original_size, max(self.image_size)
+        input_size = transforms.check_preprocess_shape(
+            original_size, max(self.image_size), f"image.shape={image.shape}"
         )
+        # As the official predictor: the old image goes before encoding.
+        self.reset_image()
         resized = transforms.resize_image(
             np.ascontiguousarray(image), input_size
         )
         model_input = transforms.normalize_and_pad(resized, self.image_size[0])
         features = self.model.compiled_method("encode_image")(model_input[None])
-        self.features = keras.ops.convert_to_numpy(features)
+        features = keras.ops.convert_to_numpy(features)
+        if not np.all(np.isfinite(features)):
+            raise ValueError(
+                "The image encoder gave a non-finite embedding (NaN or "
+                "infinity) for this image, so its masks and scores would be "
+                "meaningless: check the model's weights and dtype policy "
+                "(float16 can overflow). Received: image.shape="
+                f"{image.shape}"
+            )
+        self.features = features
         self.original_size = tuple(int(v) for v in original_size)
         self.input_size = input_size
         self.is_image_set = True
@@ -129,7 +175,13 @@ class SAMPredictor:
     def set_image_embedding(
         self, embedding, original_size: tuple[int, int]
     ) -> None:
-        """Reuse a stored embedding of an image of `original_size` (H, W)."""
+        """Reuse a stored embedding of an image of `original_size` (H, W).
+
+        Raises:
+            ValueError: an embedding of the wrong shape or with NaN or
+                infinity, or an `original_size` that is not two positive
+                ints or too elongated for the model.
+        """
         embedding = np.asarray(embedding, np.float32)
         he, we = self.model.prompt_encoder.image_embedding_size
         c = self.model.prompt_encoder.hidden_size
@@ -137,6 +189,12 @@ class SAMPredictor:
             raise ValueError(
                 f"`embedding` must have shape {(1, he, we, c)}. Received: "
                 f"embedding.shape={embedding.shape}"
+            )
+        if not np.all(np.isfinite(embedding)):
+            raise ValueError(
+                "`embedding` must be finite. Received: embedding containing "
+                f"{np.count_nonzero(~np.isfinite(embedding))} NaN or "
+                "infinite values"
             )
         try:
             h, w = (int(v) for v in original_size)
@@ -150,11 +208,12 @@ class SAMPredictor:
                 "`original_size` must be positive. Received: "
                 f"original_size={original_size!r}"
             )
+        input_size = transforms.check_preprocess_shape(
+            (h, w), max(self.image_size), f"original_size={original_size!r}"
+        )
         self.features = embedding
         self.original_size = (h, w)
-        self.input_size = transforms.preprocess_shape(
-            (h, w), max(self.image_size)
-        )
+        self.input_size = input_size
         self.is_image_set = True
 
     def _require_image(self) -> None:
@@ -235,6 +294,13 @@ class SAMPredictor:
         if not prompts:
             return run({})
         batch = next(iter(prompts.values())).shape[0]
+        if batch == 0:
+            # An empty batch: decode one zero prompt for the output shapes.
+            one = {
+                k: np.zeros((1,) + v.shape[1:], v.dtype)
+                for k, v in prompts.items()
+            }
+            return run(one, 0)
         chunk_size = self.decode_chunk_size  # validated >= 1
         logits, scores = [], []
         for start in range(0, batch, chunk_size):
@@ -318,8 +384,10 @@ class SAMPredictor:
             RuntimeError: no image set.
             ValueError: a prompt of the wrong shape, non-finite, outside the
                 image, a box with x2 < x1 or y2 < y1, a wrong `mask_input`
-                size.
+                size; `multimask_output` or `return_logits` not a bool.
         """
+        multimask_output = _check_bool("multimask_output", multimask_output)
+        return_logits = _check_bool("return_logits", return_logits)
         self._require_image()
         prompts = self._prepare(point_coords, point_labels, box, mask_input, ())
         logits, scores = self._decode(prompts, multimask_output)
@@ -338,6 +406,9 @@ class SAMPredictor:
         """Masks for a batch of B prompts on the current image, decoded
         together (e.g. several boxes at once).
 
+        All `B * C` full-size masks are returned at once; for many prompts
+        on a large picture, `predict_batch_iter` yields them in chunks.
+
         Args:
             point_coords: `(B, N, 2)`; point_labels: `(B, N)`.
             boxes: `(B, 4)` x1, y1, x2, y2.
@@ -346,12 +417,65 @@ class SAMPredictor:
 
         Returns:
             `(masks (B, C, H, W), scores (B, C), low_res_logits
-            (B, C, 256, 256))`.
+            (B, C, 256, 256))`; empty arrays of these shapes for `B = 0`.
         """
+        return_logits = _check_bool("return_logits", return_logits)
         logits, scores = self.predict_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
         return self._finish(logits, scores, return_logits)
+
+    def predict_batch_iter(
+        self,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        *,
+        chunk_size: int = 64,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`predict_batch` in chunks of at most `chunk_size` prompts, in
+        order, holding the full-size masks of one chunk at a time.
+
+        The prompts are all checked before this returns, so a bad prompt
+        raises here, not halfway through the iteration. Concatenating the
+        chunks along axis 0 gives `predict_batch`'s result (up to float32
+        rounding of the decoder on other batch sizes). An empty batch
+        yields no chunk.
+
+        Args:
+            point_coords, point_labels, boxes, mask_input, multimask_output,
+                return_logits: as in `predict_batch`.
+            chunk_size: most prompts per chunk, an int >= 1.
+
+        Returns:
+            An iterator of `(masks (b, C, H, W), scores (b, C),
+            low_res_logits (b, C, 256, 256))` with `b <= chunk_size`.
+
+        Example:
+        >>> for masks, scores, _ in predictor.predict_batch_iter(
+        ...         boxes=boxes, chunk_size=16):  # doctest: +SKIP
+        ...     save(masks)  # doctest: +SKIP
+        """
+        multimask_output = _check_bool("multimask_output", multimask_output)
+        return_logits = _check_bool("return_logits", return_logits)
+        chunk_size = checks.integer("chunk_size", chunk_size, 1)
+        prompts = self._prepare_batch(
+            point_coords, point_labels, boxes, mask_input
+        )
+        batch = next(iter(prompts.values())).shape[0]
+
+        def chunks():
+            for start in range(0, batch, chunk_size):
+                chunk = {
+                    k: v[start : start + chunk_size] for k, v in prompts.items()
+                }
+                logits, scores = self._decode(chunk, multimask_output)
+                yield self._finish(logits, scores, return_logits)
+
+        return chunks()
 
     def predict_low_res(
         self,
@@ -371,16 +495,22 @@ class SAMPredictor:
         Returns:
             `(low_res_logits (B, C, 256, 256), scores (B, C))` NumPy.
         """
+        multimask_output = _check_bool("multimask_output", multimask_output)
+        prompts = self._prepare_batch(
+            point_coords, point_labels, boxes, mask_input
+        )
+        return self._decode(prompts, multimask_output)
+
+    def _prepare_batch(self, point_coords, point_labels, boxes, mask_input):
         self._require_image()
         if point_coords is None and boxes is None and mask_input is None:
             raise ValueError(
                 "A prompt batch needs at least one of point_coords, boxes "
                 "or mask_input: it has no batch size otherwise."
             )
-        prompts = self._prepare(
+        return self._prepare(
             point_coords, point_labels, boxes, mask_input, ("B",)
         )
-        return self._decode(prompts, multimask_output)
 
     def upscale(self, low_res_logits, threshold: float | None = None):
         """Low-res logits `(..., 256, 256)` of the current image to its

@@ -29,6 +29,30 @@ def preprocess_shape(
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
+def check_preprocess_shape(
+    old_size: tuple[int, int], long_side: int, received: str
+) -> tuple[int, int]:
+    """`preprocess_shape`, or a ValueError when the short side would round
+    to 0 pixels: an aspect ratio beyond about `2 * long_side : 1`.
+
+    Args:
+        old_size: `(H, W)` of the picture, both >= 1.
+        long_side: the model's input size.
+        received: the argument as the message shows it, e.g.
+            `"image.shape=(1, 600, 3)"`.
+    """
+    new_size = preprocess_shape(old_size, long_side)
+    if min(new_size) < 1:
+        name = received.split("=")[0].split(".")[0]
+        raise ValueError(
+            f"`{name}` is too elongated for the model: resizing its long "
+            f"side to {long_side} pixels rounds its short side to 0 "
+            f"(aspect ratios up to about {2 * long_side}:1 fit). "
+            f"Received: {received}"
+        )
+    return new_size
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 `(H, W, 3)` image to `size = (h, w)`, PIL bilinear.
 

@@ -1,9 +1,9 @@
 """Configurations of the SAM presets (plain dicts).
 
-Official checkpoints: `url` and `sha256_prefix` locate and verify the file;
-the file names published with SAM end with the first six hex digits of the
-file's SHA-256, which is what is checked (the full digests are not published
-alongside the files).
+Official checkpoints: `url` locates the file, `sha256` (the full digest) and
+`size` (bytes, None where unknown) verify it (`keras_sam.convert.download`).
+The six hex digits in the official file names are not the start of the
+file's SHA-256.
 
 `sam_shapes` is our own small model, trained on `keras_sam.datasets.shapes`
 by `scripts/train_shapes.py`; its weights ship inside the package
@@ -49,21 +49,24 @@ PRESETS = {
         prompt_encoder=_PROMPT_ENCODER,
         mask_decoder=_MASK_DECODER,
         url=_BASE_URL + "sam_vit_b_01ec64.pth",
-        sha256_prefix="01ec64",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        size=375_042_383,
     ),
     "sam_vit_l": dict(
         image_encoder=_vit(1024, 24, 16, (5, 11, 17, 23)),
         prompt_encoder=_PROMPT_ENCODER,
         mask_decoder=_MASK_DECODER,
         url=_BASE_URL + "sam_vit_l_0b3195.pth",
-        sha256_prefix="0b3195",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        size=None,
     ),
     "sam_vit_h": dict(
         image_encoder=_vit(1280, 32, 16, (7, 15, 23, 31)),
         prompt_encoder=_PROMPT_ENCODER,
         mask_decoder=_MASK_DECODER,
         url=_BASE_URL + "sam_vit_h_4b8939.pth",
-        sha256_prefix="4b8939",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        size=2_564_550_879,
     ),
     "sam_shapes": dict(
         image_encoder=dict(

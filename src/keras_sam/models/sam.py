@@ -280,24 +280,92 @@ class SAM(SAMTrainer, keras.Model):
         if weights is True:
             from keras_sam.convert.download import download
 
-            weights = download(preset["url"], sha256=preset["sha256_prefix"])
+            weights = download(
+                preset["url"], sha256=preset["sha256"], size=preset["size"]
+            )
         if weights:
             model.load_checkpoint(weights)
         return model
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "SAM":
-        """Build a model whose architecture is read from an official
-        checkpoint's tensor shapes, and load it."""
-        from keras_sam.convert.checkpoint import detect_architecture
-        from keras_sam.convert.checkpoint import read_state_dict
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        mask_decoder_num_heads: int | None = None,
+    ) -> "SAM":
+        """Build a model whose architecture is read from a checkpoint, and
+        load it.
 
-        state = read_state_dict(path)
-        config = detect_architecture(state)
-        model = cls.from_config_dicts(**config)
-        model.build()
-        model.load_state_dict(state)
-        return model
+        An official checkpoint (`.pth`, `.pt`, `.bin`, or `.safetensors`
+        with the official tensor names) gives its architecture by its tensor
+        shapes (`keras_sam.convert.checkpoint.detect_architecture`); a
+        keras-sam safetensors file (`save_keras_safetensors`, such as the
+        bundled `sam_shapes` weights) by the config it stores. The file is
+        read safely (`keras_sam.convert.checkpoint.read_state_dict`): nothing
+        in it runs, and sizes the file cannot hold, weights that are not
+        finite floats, and architectures beyond twice ViT-H's are refused
+        before the model is built.
+
+        The decoder's head count is in no weight shape. With the wrong count
+        the weights still load (every shape is the same) and the model runs,
+        but its masks are silently wrong: a checkpoint trained with a 4-head
+        decoder must be loaded with `mask_decoder_num_heads=4`.
+
+        Args:
+            path: The checkpoint file.
+            mask_decoder_num_heads: Attention heads of the mask decoder's
+                two-way transformer. None: 8, the value of every official
+                checkpoint; for a keras-sam file, the value it stores (a
+                different one is refused).
+
+        Raises:
+            FileNotFoundError: `path` does not exist.
+            ValueError: naming the file: it is corrupt or unsafe, is not a
+                SAM checkpoint, or its weights do not fit the architecture.
+        """
+        from keras_sam.convert import checkpoint
+
+        name = str(path)
+        if checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT:
+            # Config, tensors and sizes checked before anything is built.
+            config = checkpoint.read_metadata_config(
+                path, checkpoint.read_state_dict(path)
+            )
+            stored = config["mask_decoder"].get("num_heads")
+            if mask_decoder_num_heads not in (None, stored):
+                raise ValueError(
+                    f"`mask_decoder_num_heads` disagrees with the {stored} "
+                    f"heads stored in checkpoint {name!r}. Received: "
+                    f"mask_decoder_num_heads={mask_decoder_num_heads}"
+                )
+            build = cls.from_keras_safetensors
+        else:
+            state = checkpoint.read_state_dict(path)
+            config = checkpoint.detect_checkpoint_architecture(
+                path,
+                state,
+                mask_decoder_num_heads=(
+                    checkpoint.OFFICIAL_MASK_DECODER_NUM_HEADS
+                    if mask_decoder_num_heads is None
+                    else mask_decoder_num_heads
+                ),
+            )
+
+            def build(path):
+                model = cls.from_config_dicts(**config)
+                model.build()
+                model.load_state_dict(state)
+                return model
+
+        try:
+            return build(path)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ValueError) and name in str(e):
+                raise
+            raise ValueError(
+                f"Cannot build a SAM from checkpoint {name!r}: {e}"
+            ) from e
 
     @classmethod
     def from_keras_safetensors(cls, path: str | os.PathLike) -> "SAM":
@@ -377,10 +445,20 @@ class SAM(SAMTrainer, keras.Model):
         )
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Load an official `.pth` or a safetensors checkpoint file."""
+        """Load an official checkpoint (`.pth`, `.pt`, `.bin`, or
+        `.safetensors` with the official tensor names); all parts or
+        nothing. The file is read safely (see `from_checkpoint`); a
+        `ValueError` names it when it is corrupt or unsafe or its weights do
+        not fit this model."""
         from keras_sam.convert.checkpoint import read_state_dict
 
-        self.load_state_dict(read_state_dict(path))
+        state = read_state_dict(path)
+        try:
+            self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(
+                f"Checkpoint {str(path)!r} does not fit this model: {e}"
+            ) from e
 
     def load_state_dict(self, state_dict) -> None:
         """Load an official `Sam` state dict; all parts or nothing."""
