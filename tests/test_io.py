@@ -568,3 +568,74 @@ def test_mirrored_names_keep_every_picture_apart(tmp_path):
         "b/x.png",
     ]
     assert io.mirrored_names([f"{a}/x.png"], [f"{a}/x.png"]) == ["x.png"]
+
+
+# -- what the reader means for masks (the bundled model; one backend) -------
+
+
+def _bundled_predictor():
+    import keras_sam
+
+    model = keras_sam.SAM.from_preset("sam_shapes", weights=True)
+    return keras_sam.SAMPredictor(model)
+
+
+def _scene():
+    import keras_sam
+
+    # A held-out, non-square picture: rotating it changes its shape.
+    return keras_sam.datasets.make_scene(
+        (10_000_000, 4242, 0, 1), image_size=(384, 512)
+    )
+
+
+@pytest.mark.integration
+def test_phone_photo_is_segmented_where_the_viewer_clicks(tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (as phones write
+    them): the click, in the coordinates of the picture the viewer shows,
+    segments the object shown there."""
+    from keras_sam.training.evaluation import interior_point
+    from keras_sam.training.evaluation import mask_iou
+
+    image, masks = _scene()
+    stored = np.ascontiguousarray(np.rot90(image))  # orientation 6 shows it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    with Image.open(path) as im:
+        assert np.asarray(im.convert("RGB")).shape == stored.shape
+    picture = io.read_image(path)
+    assert picture.shape == image.shape
+    target = masks[int(np.argmax([m.sum() for m in masks]))]
+    point = interior_point(target)
+    predictor = _bundled_predictor()
+    best = []
+    for shown in (picture, image):  # the phone's JPEG, the lossless original
+        predictor.set_image(shown)
+        found, scores, _ = predictor.predict(
+            point_coords=point[None], point_labels=np.array([1])
+        )
+        best.append(found[int(np.argmax(scores))])
+    # The same object as on the original picture (JPEG noise aside), and
+    # the object under the click.
+    assert mask_iou(best[0], best[1]) > 0.9
+    assert mask_iou(best[0], target) > 0.6
+
+
+@pytest.mark.integration
+def test_16_bit_png_gives_the_masks_of_its_8_bit_version(tmp_path):
+    image, masks = _scene()
+    grey = image.mean(axis=-1).round().astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16.png")
+    with Image.open(tmp_path / "16.png") as im:
+        assert im.mode.startswith("I")  # a real 16-bit file
+    predictor = _bundled_predictor()
+    box = np.array([376, 134, 511, 253])
+    results = []
+    for name in ("8.png", "16.png"):
+        predictor.set_image(io.read_image(tmp_path / name))
+        results.append(predictor.predict(box=box, multimask_output=False))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][0].any()
