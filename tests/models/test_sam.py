@@ -113,10 +113,9 @@ def test_whole_model_loading_is_all_or_nothing():
 
 
 @pytest.mark.large
+@pytest.mark.integration  # full size: `make test` runs it on one backend
 def test_vit_b_forward_at_full_size():
     """One ViT-B forward pass on a 1024x1024 input (random weights)."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("full-size forward runs once, on the JAX backend")
     model = SAM.from_preset("sam_vit_b")
     images = np.zeros((1, 1024, 1024, 3), "float32")
     embedding = model.compiled_method("encode_image")(images)

@@ -335,7 +335,13 @@ PROMPT = helpers.TINY_64_PROMPT
 DECODER = helpers.TINY_64_DECODER
 
 
-@pytest.mark.parametrize("freeze_image_encoder", [True, False])
+# Training end to end is slow to trace; `make test` runs every variant on
+# one backend and one variant (here the whole model) on all three, beside
+# the per-backend gradient checks in tests/layers.
+@pytest.mark.parametrize(
+    "freeze_image_encoder",
+    [pytest.param(True, marks=pytest.mark.integration), False],
+)
 def test_fit_lowers_the_loss(freeze_image_encoder):
     model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
     model.build()
@@ -390,6 +396,7 @@ def test_sam_loss_with_several_prompts_per_image():
         loss(y_true[:, :2], {"masks": masks, "iou_pred": iou_pred})
 
 
+@pytest.mark.integration  # K per image on every backend: test_refinement.py
 def test_fit_with_several_prompts_per_image():
     model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
     model.build()
