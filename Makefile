@@ -33,9 +33,9 @@ lint: $(VENV)/.test-installed
 # The whole suite once per Keras backend; every backend runs even if one
 # fails, and the target fails if any did. Tests marked `integration`
 # (subprocess commands, training scripts, the docs, the bundled model's
-# held-out evaluation) prove nothing backend-specific and run on
-# $(INTEGRATION_BACKEND) only: the other backends deselect them, and pytest
-# says how many. Two xdist workers, one test file each at a time, keep both
+# held-out evaluation, full-size and extra training variants) prove nothing
+# backend-specific and run on $(INTEGRATION_BACKEND) only: the other
+# backends deselect them, and pytest says how many. Two xdist workers, one test file each at a time, keep both
 # cores busy through compilation and Python overhead. OMP_WAIT_POLICY=PASSIVE
 # stops torch's OpenMP threads spinning while NumPy's BLAS uses the cores.
 INTEGRATION_BACKEND ?= tensorflow
