@@ -68,6 +68,16 @@ def common_batch_size(named_shapes: dict) -> int | None:
     return batch
 
 
+def boolean(name: str, value) -> bool:
+    """`value` as a bool: Python and NumPy booleans only (an array or a
+    number is refused instead of being truth-tested)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(
+        f"`{name}` must be a bool (True or False). Received: {name}={value!r}"
+    )
+
+
 def integer(name: str, value, low: int = 1) -> int:
     """`value` as an int >= `low`, or a ValueError naming `name`.
 

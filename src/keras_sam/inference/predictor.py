@@ -13,16 +13,6 @@ from keras_sam.prompts import check_prompts
 MASK_THRESHOLD = 0.0
 
 
-def _check_bool(name: str, value) -> bool:
-    """`value` as a bool: Python and NumPy booleans only (an array or a
-    number is refused instead of being truth-tested)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError(
-        f"`{name}` must be a bool (True or False). Received: {name}={value!r}"
-    )
-
-
 class SAMPredictor:
     """Segment an image from points, boxes and mask prompts.
 
@@ -88,7 +78,7 @@ class SAMPredictor:
                 "`decode_chunk_size` must be an int >= 1. Received: "
                 f"decode_chunk_size={decode_chunk_size}"
             )
-        self.use_stability_fallback = _check_bool(
+        self.use_stability_fallback = checks.boolean(
             "use_stability_fallback", use_stability_fallback
         )
         self.stability_delta = float(stability_delta)
@@ -386,8 +376,8 @@ class SAMPredictor:
                 image, a box with x2 < x1 or y2 < y1, a wrong `mask_input`
                 size; `multimask_output` or `return_logits` not a bool.
         """
-        multimask_output = _check_bool("multimask_output", multimask_output)
-        return_logits = _check_bool("return_logits", return_logits)
+        multimask_output = checks.boolean("multimask_output", multimask_output)
+        return_logits = checks.boolean("return_logits", return_logits)
         self._require_image()
         prompts = self._prepare(point_coords, point_labels, box, mask_input, ())
         logits, scores = self._decode(prompts, multimask_output)
@@ -419,7 +409,7 @@ class SAMPredictor:
             `(masks (B, C, H, W), scores (B, C), low_res_logits
             (B, C, 256, 256))`; empty arrays of these shapes for `B = 0`.
         """
-        return_logits = _check_bool("return_logits", return_logits)
+        return_logits = checks.boolean("return_logits", return_logits)
         logits, scores = self.predict_low_res(
             point_coords, point_labels, boxes, mask_input, multimask_output
         )
@@ -459,8 +449,8 @@ class SAMPredictor:
         ...         boxes=boxes, chunk_size=16):  # doctest: +SKIP
         ...     save(masks)  # doctest: +SKIP
         """
-        multimask_output = _check_bool("multimask_output", multimask_output)
-        return_logits = _check_bool("return_logits", return_logits)
+        multimask_output = checks.boolean("multimask_output", multimask_output)
+        return_logits = checks.boolean("return_logits", return_logits)
         chunk_size = checks.integer("chunk_size", chunk_size, 1)
         prompts = self._prepare_batch(
             point_coords, point_labels, boxes, mask_input
@@ -495,7 +485,7 @@ class SAMPredictor:
         Returns:
             `(low_res_logits (B, C, 256, 256), scores (B, C))` NumPy.
         """
-        multimask_output = _check_bool("multimask_output", multimask_output)
+        multimask_output = checks.boolean("multimask_output", multimask_output)
         prompts = self._prepare_batch(
             point_coords, point_labels, boxes, mask_input
         )
