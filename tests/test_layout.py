@@ -17,6 +17,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "keras_sam"
 # Lowest first; a module may import from its own room and the rooms before.
 ROOMS = (
     "lazy",
+    "io",
     "backend",
     "checks",
     "prompts",
@@ -25,7 +26,6 @@ ROOMS = (
     "training",
     "convert",
     "models",
-    "io",
     "visualize",
     "cli",
 )

@@ -65,8 +65,7 @@ def run(parser, args) -> int:
     if out.endswith(".safetensors"):
         from keras_sam.convert.checkpoint import write_safetensors
 
-        with io.output_group() as group, group.path(out, ".safetensors") as tmp:
-            write_safetensors(state, tmp)
+        write_safetensors(state, out)  # atomic, with the umask's mode
     else:
         import json
 

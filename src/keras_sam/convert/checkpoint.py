@@ -22,13 +22,14 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from keras_sam import io
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -473,10 +474,10 @@ def write_safetensors(
 ) -> None:
     """Write a state dict to a safetensors file, atomically.
 
-    The data go to a temporary file in the destination directory, which is
-    flushed to disk (`fsync`) and then renamed over `path` (`os.replace`):
-    readers see either the old file or the complete new one, never a
-    partial write.
+    The data go to a temporary file in the destination directory
+    (`keras_sam.io.output_group`), which is flushed to disk (`fsync`),
+    given the umask's mode and then renamed over `path`: readers see either
+    the old file or the complete new one, never a partial write.
 
     Args:
         state_dict: Parameter names to NumPy arrays or torch tensors
@@ -508,20 +509,11 @@ def write_safetensors(
                     f"{k!r}: {v!r}"
                 )
     path = Path(path)
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    os.close(fd)
-    try:
+    # io's temporary name (removed by `io.remove_leftovers` if a killed run
+    # leaves it), the umask's mode, fsync, then the rename.
+    with io.output_group() as group, group.path(path, ".safetensors") as tmp:
         save_file(arrays, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
