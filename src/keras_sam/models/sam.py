@@ -263,6 +263,13 @@ class SAM(SAMTrainer, keras.Model):
                 f"{', '.join(sorted(PRESETS))}"
             )
         preset = PRESETS[name]
+        if weights is True and "bundled" not in preset:
+            # Before building: a failed download fails at once.
+            from keras_sam.convert.download import download
+
+            weights = download(
+                preset["url"], sha256=preset["sha256"], size=preset["size"]
+            )
         model = cls.from_config_dicts(
             preset["image_encoder"],
             preset["prompt_encoder"],
@@ -270,19 +277,13 @@ class SAM(SAMTrainer, keras.Model):
             name=name,
         )
         model.build()
-        if weights is True and "bundled" in preset:
+        if weights is True:  # the bundled file
             path = os.path.join(
                 os.path.dirname(os.path.dirname(__file__)), preset["bundled"]
             )
             bundled = cls.from_keras_safetensors(path)
             model.set_weights(bundled.get_weights())
             return model
-        if weights is True:
-            from keras_sam.convert.download import download
-
-            weights = download(
-                preset["url"], sha256=preset["sha256"], size=preset["size"]
-            )
         if weights:
             model.load_checkpoint(weights)
         return model
