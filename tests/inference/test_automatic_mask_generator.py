@@ -267,6 +267,27 @@ def test_progress_line_on_stderr(models, image, capsys):
     assert captured.err.endswith("\n")
 
 
+def test_progress_line_ends_when_interrupted(
+    models, image, capsys, monkeypatch
+):
+    generator = SAMAutomaticMaskGenerator(
+        models[0], points_per_side=3, points_per_batch=4, progress=True
+    )
+    calls = []
+
+    def interrupt(*args):
+        calls.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generator, "_process_batch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        generator.generate(image)
+    captured = capsys.readouterr()
+    assert len(calls) == 1
+    assert "point batch 0/3" in captured.err
+    assert captured.err.endswith("\n")
+
+
 def test_strict_thresholds_give_no_records(models, image):
     generator = SAMAutomaticMaskGenerator(
         models[0], points_per_side=2, stability_score_thresh=1.0

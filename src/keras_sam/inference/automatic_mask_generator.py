@@ -364,11 +364,15 @@ class SAMAutomaticMaskGenerator:
             ],
             self.progress,
         )
-        parts = [
-            self._process_crop(image, box, layer, progress, stats)
-            for box, layer in crops
-        ]
-        progress.close()
+        try:
+            parts = [
+                self._process_crop(image, box, layer, progress, stats)
+                for box, layer in crops
+            ]
+        finally:
+            # Also on Ctrl-C or an error: the next line on stderr (the
+            # command's "interrupted") must start on a line of its own.
+            progress.close()
         data = _concat(parts, _KEYS)
         if len(crops) > 1:
             # Between crops, prefer masks from smaller crops (float32, as
