@@ -3,6 +3,8 @@
 Subcommands:
     segment  masks for clicks and boxes on an image (PNGs, overlay, JSON)
     auto     segment everything in images or folders (COCO RLE JSON, overlay)
+    embed    encode images once and keep their embeddings (for segment and
+             auto --embeddings)
     convert  an official checkpoint to safetensors or Keras .weights.h5
     info     the architecture and size of a checkpoint
     demo     segment a held-out shapes picture with the bundled model
@@ -27,6 +29,7 @@ import traceback
 from keras_sam.cli import auto
 from keras_sam.cli import convert
 from keras_sam.cli import demo
+from keras_sam.cli import embed
 from keras_sam.cli import info
 from keras_sam.cli import segment
 from keras_sam.cli.common import describe
@@ -60,6 +63,7 @@ SUBCOMMANDS = {
     "demo": demo,
     "segment": segment,
     "auto": auto,
+    "embed": embed,
     "convert": convert,
     "info": info,
 }

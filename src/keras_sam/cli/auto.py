@@ -2,13 +2,17 @@
 
 import os
 
+from keras_sam.cli.common import add_embeddings_argument
 from keras_sam.cli.common import add_model_arguments
+from keras_sam.cli.common import check_embeddings_folder
 from keras_sam.cli.common import check_model_arguments
 from keras_sam.cli.common import check_output_folder
 from keras_sam.cli.common import describe
 from keras_sam.cli.common import load_model
 from keras_sam.cli.common import log
 from keras_sam.cli.common import number
+from keras_sam.cli.common import plan_outputs
+from keras_sam.cli.common import stored_embedding
 
 JSON_SUFFIX = ".json"
 OVERLAY_SUFFIX = ".overlay.png"
@@ -60,6 +64,11 @@ def add_parser(sub) -> None:
     )
     auto_model = auto.add_argument_group("model")
     add_model_arguments(auto_model)
+    add_embeddings_argument(
+        auto_model,
+        "; with --crop-n-layers > 0 it serves the whole-picture crop, the "
+        "smaller crops are encoded",
+    )
     amg = auto.add_argument_group("generator (official defaults)")
     positive = number(int, 1)
     unit = number(float, 0.0, 1.0)
@@ -90,94 +99,15 @@ def add_parser(sub) -> None:
     )
 
 
-SKIP_TEXT = {
-    "not a picture": "not a picture",
-    "hidden": "hidden",
-    "subfolder": "subfolder without --recursive",
-    "link to a folder": "link to a folder, not followed",
-    "excluded": "the output folder",
-    "given twice": "given twice",
-    "cannot be listed": "folder that cannot be listed",
-}
-
-
-def skipped_line(skipped: list[tuple[str, str]]) -> str:
-    """One line saying what `scan_images` passed over and why."""
-    groups: dict[str, list[str]] = {}
-    for path, reason in skipped:
-        groups.setdefault(reason, []).append(path)
-    parts = []
-    for reason, paths in groups.items():
-        shown = ", ".join(paths[:3])
-        if len(paths) > 3:
-            shown += f" and {len(paths) - 3} more"
-        parts.append(f"{SKIP_TEXT.get(reason, reason)}: {shown}")
-    return f"skipped {len(skipped)}: " + "; ".join(parts)
-
-
 def plan(parser, args) -> list[tuple[str, str, str]]:
     """`(picture, json path, overlay path)` of every picture the inputs
     name; usage errors for outputs that could touch an input."""
-    from keras_sam import io
-
-    out = args.output
-    out_real = os.path.realpath(out)
-    for item in args.inputs:
-        if os.path.isdir(item) and os.path.realpath(item) == out_real:
-            parser.error(
-                f"-o/--output: {out} is the input folder {item}; the "
-                "results would mix with its pictures. Give another folder"
-            )
-    try:
-        images, skipped = io.scan_images(
-            args.inputs, recursive=args.recursive, exclude=(out,)
+    return [
+        (path, *targets)
+        for path, targets in plan_outputs(
+            parser, args, (JSON_SUFFIX, OVERLAY_SUFFIX)
         )
-    except ValueError as e:
-        parser.error(f"IMAGE_OR_DIR: {e}")
-    if skipped:
-        log(skipped_line(skipped))
-    if not images:
-        parser.error(
-            f"IMAGE_OR_DIR: no pictures found in {' '.join(args.inputs)}"
-        )
-    try:
-        names = io.mirrored_names(images, args.inputs)
-    except ValueError as e:  # inputs on different drives (Windows)
-        parser.error(f"IMAGE_OR_DIR: {e}")
-    inputs = {os.path.realpath(p) for p in images}
-    folders = [os.path.realpath(i) for i in args.inputs if os.path.isdir(i)]
-    jobs = []
-    for path, name in zip(images, names, strict=True):
-        json_path = os.path.join(out, name + JSON_SUFFIX)
-        png_path = os.path.join(out, name + OVERLAY_SUFFIX)
-        for target in (json_path, png_path):
-            real = os.path.realpath(target)
-            if real in inputs:
-                parser.error(
-                    f"-o/--output: the result {target} would replace an "
-                    "input picture. Give an output folder outside the inputs"
-                )
-            for folder in folders:
-                # A result a later run would take for a picture: one in an
-                # input folder, or below it with --recursive (unless OUT,
-                # skipped by the walk, is in between).
-                if os.path.dirname(real) == folder or (
-                    args.recursive
-                    and io.is_within(real, folder)
-                    and not io.is_within(out_real, folder)
-                ):
-                    parser.error(
-                        f"-o/--output: the result {target} would be written "
-                        f"into the input folder {folder}. Give an output "
-                        "folder outside the inputs"
-                    )
-            if os.path.isdir(target):
-                parser.error(
-                    f"-o/--output: {target} is a folder; the result for "
-                    f"{path} is written under that name"
-                )
-        jobs.append((path, json_path, png_path))
-    return jobs
+    ]
 
 
 def why_no_masks(generator, args) -> str:
@@ -218,6 +148,7 @@ def run(parser, args) -> int:
     from keras_sam import io
 
     check_model_arguments(parser, args)
+    check_embeddings_folder(parser, args)
     check_output_folder(parser, "-o/--output", args.output)
     jobs = plan(parser, args)
     os.makedirs(args.output, exist_ok=True)
@@ -261,13 +192,24 @@ def run(parser, args) -> int:
         output_mode="uncompressed_rle",
         progress=True,  # point batches on stderr: a large picture takes a while
     )
-    failed = []
+    fingerprint = None
+    if args.embeddings is not None:
+        from keras_sam.inference.embeddings import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+    failed, reused = [], 0
     for index, (path, json_path, png_path) in enumerate(todo):
         log(f"[{index + 1}/{len(todo)}] {path}")
         try:
             image = io.read_image(path)
+            embedding = None
+            if fingerprint is not None:
+                # ValueError: a stored one for another picture or model
+                stored = stored_embedding(args, path, image, fingerprint)
+                if stored is not None:
+                    embedding, reused = stored.embedding, reused + 1
             # ValueError: a picture the model cannot take (too elongated)
-            records = generator.generate(image)
+            records = generator.generate(image, image_embedding=embedding)
         except (ValueError, OSError) as e:
             message = describe(e)
             if path not in message:
@@ -308,6 +250,11 @@ def run(parser, args) -> int:
             io.write_json(io.jsonable(document), json_path, group=group)
         print(json_path, flush=True)
         del masks, records
+    if fingerprint is not None:
+        log(
+            f"used {reused} stored embedding(s) from {args.embeddings}, "
+            f"encoded {len(todo) - len(failed) - reused} picture(s)"
+        )
     if failed:
         shown = ", ".join(failed[:3]) + (
             f" and {len(failed) - 3} more" if len(failed) > 3 else ""

@@ -238,3 +238,146 @@ def number(
 
     parse.__name__ = "int" if kind is int else "number"
     return parse
+
+
+SKIP_TEXT = {
+    "not a picture": "not a picture",
+    "hidden": "hidden",
+    "subfolder": "subfolder without --recursive",
+    "link to a folder": "link to a folder, not followed",
+    "excluded": "the output folder",
+    "given twice": "given twice",
+    "cannot be listed": "folder that cannot be listed",
+}
+
+
+def skipped_line(skipped: list[tuple[str, str]]) -> str:
+    """One line saying what `scan_images` passed over and why."""
+    groups: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        groups.setdefault(reason, []).append(path)
+    parts = []
+    for reason, paths in groups.items():
+        shown = ", ".join(paths[:3])
+        if len(paths) > 3:
+            shown += f" and {len(paths) - 3} more"
+        parts.append(f"{SKIP_TEXT.get(reason, reason)}: {shown}")
+    return f"skipped {len(skipped)}: " + "; ".join(parts)
+
+
+def plan_outputs(
+    parser, args, suffixes: tuple[str, ...]
+) -> list[tuple[str, list[str]]]:
+    """`(picture, [output path per suffix])` of every picture that
+    `args.inputs` name (`--recursive`: `args.recursive`), each output below
+    `args.output` under the picture's mirrored name
+    (`keras_sam.io.mirrored_names`) plus the suffix; usage errors for
+    outputs that could touch an input."""
+    from keras_sam import io
+
+    out = args.output
+    out_real = os.path.realpath(out)
+    for item in args.inputs:
+        if os.path.isdir(item) and os.path.realpath(item) == out_real:
+            parser.error(
+                f"-o/--output: {out} is the input folder {item}; the "
+                "results would mix with its pictures. Give another folder"
+            )
+    try:
+        images, skipped = io.scan_images(
+            args.inputs, recursive=args.recursive, exclude=(out,)
+        )
+    except ValueError as e:
+        parser.error(f"IMAGE_OR_DIR: {e}")
+    if skipped:
+        log(skipped_line(skipped))
+    if not images:
+        parser.error(
+            f"IMAGE_OR_DIR: no pictures found in {' '.join(args.inputs)}"
+        )
+    try:
+        names = io.mirrored_names(images, args.inputs)
+    except ValueError as e:  # inputs on different drives (Windows)
+        parser.error(f"IMAGE_OR_DIR: {e}")
+    inputs = {os.path.realpath(p) for p in images}
+    folders = [os.path.realpath(i) for i in args.inputs if os.path.isdir(i)]
+    jobs = []
+    for path, name in zip(images, names, strict=True):
+        targets = [os.path.join(out, name + suffix) for suffix in suffixes]
+        for target in targets:
+            real = os.path.realpath(target)
+            if real in inputs:
+                parser.error(
+                    f"-o/--output: the result {target} would replace an "
+                    "input picture. Give an output folder outside the inputs"
+                )
+            for folder in folders:
+                # A result a later run would take for a picture: one in an
+                # input folder, or below it with --recursive (unless OUT,
+                # skipped by the walk, is in between).
+                if os.path.dirname(real) == folder or (
+                    args.recursive
+                    and io.is_within(real, folder)
+                    and not io.is_within(out_real, folder)
+                ):
+                    parser.error(
+                        f"-o/--output: the result {target} would be written "
+                        f"into the input folder {folder}. Give an output "
+                        "folder outside the inputs"
+                    )
+            if os.path.isdir(target):
+                parser.error(
+                    f"-o/--output: {target} is a folder; the result for "
+                    f"{path} is written under that name"
+                )
+        jobs.append((path, targets))
+    return jobs
+
+
+EMBEDDINGS_HELP = (
+    "a folder written by `keras-sam embed`: a picture's embedding kept "
+    "there for this model is used instead of encoding the picture (looked "
+    "up by the picture's name and checked by its pixels' digest and the "
+    "model's fingerprint: a file for another picture or model is an "
+    "error); a picture without one is encoded, with a line on stderr"
+)
+
+
+def add_embeddings_argument(group, more: str = "") -> None:
+    """`--embeddings DIR` in an argument group; `more` ends its help."""
+    group.add_argument(
+        "--embeddings", metavar="DIR", help=EMBEDDINGS_HELP + more
+    )
+
+
+def check_embeddings_folder(parser, args) -> None:
+    """A usage error unless `--embeddings`, if given, is a folder."""
+    folder = args.embeddings
+    if folder is None:
+        return
+    if not os.path.exists(folder):
+        parser.error(f"--embeddings: no such folder: {folder}")
+    if not os.path.isdir(folder):
+        parser.error(f"--embeddings: {folder} is a file, not a folder")
+
+
+def stored_embedding(args, picture: str, image, fingerprint: str):
+    """The checked `StoredEmbedding` of `picture` below `--embeddings`, or
+    None (with a line on stderr) when there is none; a ValueError naming
+    the file when the one there is for another picture or model."""
+    from keras_sam.inference import embeddings
+
+    try:
+        stored = embeddings.find_embedding(
+            args.embeddings, picture, image, model=fingerprint
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"{e}; `keras-sam embed --overwrite` encodes it again"
+        ) from e
+    if stored is None:
+        log(
+            f"no stored embedding for {picture} in {args.embeddings}; "
+            "encoding it"
+        )
+    return stored

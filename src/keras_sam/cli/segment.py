@@ -2,12 +2,15 @@
 
 import os
 
+from keras_sam.cli.common import add_embeddings_argument
 from keras_sam.cli.common import add_model_arguments
+from keras_sam.cli.common import check_embeddings_folder
 from keras_sam.cli.common import check_model_arguments
 from keras_sam.cli.common import check_output_folder
 from keras_sam.cli.common import load_model
 from keras_sam.cli.common import log
 from keras_sam.cli.common import parse_numbers
+from keras_sam.cli.common import stored_embedding
 
 # the predictor's argument names in `check_prompts`' messages -> flags
 FLAGS = {"point_coords": "--point", "point_labels": "--point", "box": "--box"}
@@ -44,6 +47,7 @@ def add_parser(sub) -> None:
     )
     model = segment.add_argument_group("model")
     add_model_arguments(model)
+    add_embeddings_argument(model)
     masks = segment.add_argument_group(
         "masks (default: the best of three for one click, else one)"
     )
@@ -101,6 +105,7 @@ def run(parser, args) -> int:
     if not points and box is None:
         parser.error("give at least one --point or a --box")
     check_model_arguments(parser, args)
+    check_embeddings_folder(parser, args)
     check_output_folder(parser, "-o/--output", args.output)
     image_real = os.path.realpath(args.image)
     for name in output_names(MAX_MASKS):
@@ -145,8 +150,18 @@ def run(parser, args) -> int:
     from keras_sam.inference.predictor import SAMPredictor
 
     predictor = SAMPredictor(model)
-    log(f"encoding {args.image} ({w}x{h})")
-    predictor.set_image(image)
+    stored = None
+    if args.embeddings is not None:
+        from keras_sam.inference.embeddings import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+        stored = stored_embedding(args, args.image, image, fingerprint)
+    if stored is not None:
+        log(f"using the stored embedding {stored.path}")
+        predictor.set_image_embedding(stored.embedding, stored.original_size)
+    else:
+        log(f"encoding {args.image} ({w}x{h})")
+        predictor.set_image(image)
     masks, scores, _ = predictor.predict(
         point_coords=np.array(points) if points else None,
         point_labels=np.array(labels) if points else None,

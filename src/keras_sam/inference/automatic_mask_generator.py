@@ -130,6 +130,13 @@ class SAMAutomaticMaskGenerator:
 
     Call arguments (`generate`):
         image: uint8 `(H, W, 3)` RGB array.
+        image_embedding: optional float32 `(1, He, We, C)`, the embedding
+            of this whole image by this model (`SAMPredictor.
+            get_image_embedding()` after `set_image(image)`, or one kept
+            with `keras_sam.inference.embeddings`): the whole-image crop
+            uses it instead of running the image encoder, with the same
+            records. The crops of the crop layers are encoded as usual.
+            Whether it belongs to this image and model is not checked.
 
     Returns (`generate`):
         A list of records, one per mask, each a dict: `segmentation` (in
@@ -295,7 +302,7 @@ class SAMAutomaticMaskGenerator:
 
     # -- generation ----------------------------------------------------------
 
-    def generate(self, image) -> list[dict]:
+    def generate(self, image, *, image_embedding=None) -> list[dict]:
         """Masks for `image`, uint8 `(H, W, 3)` RGB; see the class docs."""
         self.last_stats = None
         image = np.asarray(image)
@@ -313,6 +320,12 @@ class SAMAutomaticMaskGenerator:
         transforms.check_preprocess_shape(
             image.shape[:2], long_side, f"image.shape={image.shape}"
         )
+        if image_embedding is not None:
+            # Checked (shape, finite) before any work; set again for the
+            # whole-image crop.
+            self.predictor.set_image_embedding(image_embedding, image.shape[:2])
+            image_embedding = self.predictor.get_image_embedding()
+            self.predictor.reset_image()
         stats = {
             "crops": 0,
             "crops_skipped": 0,
@@ -321,7 +334,7 @@ class SAMAutomaticMaskGenerator:
             "removed": dict.fromkeys(REMOVAL_STEPS, 0),
             "kept": 0,
         }
-        data = self._generate_masks(image, stats)
+        data = self._generate_masks(image, stats, image_embedding)
         size = image.shape[:2]
         if self.min_mask_region_area > 0:
             before = len(data["rles"])
@@ -345,7 +358,9 @@ class SAMAutomaticMaskGenerator:
         resized = transforms.preprocess_shape((y1 - y0, x1 - x0), long_side)
         return min(resized) >= 1
 
-    def _generate_masks(self, image: np.ndarray, stats: dict) -> dict:
+    def _generate_masks(
+        self, image: np.ndarray, stats: dict, image_embedding=None
+    ) -> dict:
         image_size = image.shape[:2]
         crop_boxes, layers = amg_utils.generate_crop_boxes(
             image_size, self.crop_n_layers, self.crop_overlap_ratio
@@ -366,7 +381,14 @@ class SAMAutomaticMaskGenerator:
         )
         try:
             parts = [
-                self._process_crop(image, box, layer, progress, stats)
+                self._process_crop(
+                    image,
+                    box,
+                    layer,
+                    progress,
+                    stats,
+                    image_embedding if layer == 0 else None,
+                )
                 for box, layer in crops
             ]
         finally:
@@ -385,11 +407,20 @@ class SAMAutomaticMaskGenerator:
         return data
 
     def _process_crop(
-        self, image, crop_box, layer: int, progress, stats: dict
+        self,
+        image,
+        crop_box,
+        layer: int,
+        progress,
+        stats: dict,
+        image_embedding=None,
     ) -> dict:
         x0, y0, x1, y1 = crop_box
-        self.predictor.set_image(image[y0:y1, x0:x1])
         h, w = y1 - y0, x1 - x0
+        if image_embedding is not None:  # layer 0: the whole image
+            self.predictor.set_image_embedding(image_embedding, (h, w))
+        else:
+            self.predictor.set_image(image[y0:y1, x0:x1])
         points = self.point_grids[layer] * np.array([[w, h]])  # crop pixels
         parts = []
         for start in range(0, len(points), self.points_per_batch):
