@@ -26,11 +26,18 @@ ROOMS = (
     "training",
     "convert",
     "models",
+    "export",
     "visualize",
     "cli",
 )
 BACKENDS = ("jax", "tensorflow", "torch")
 BACKEND_IMPORTERS = {"backend", "convert.checkpoint"}
+# The exporters' converters and runtime, and the only modules using them.
+EXPORT_IMPORTERS = {
+    "onnx": {"backend.export"},
+    "tf2onnx": {"backend.export"},
+    "onnxruntime": {"export.onnx_predictor"},
+}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -147,4 +154,35 @@ def test_only_backend_helpers_import_a_backend(backend):
         for module, _ in _imports(path):
             if module.split(".")[0] == backend:
                 wrong.append(name)
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("package", sorted(EXPORT_IMPORTERS))
+def test_only_the_exporters_import_onnx(package):
+    wrong = [
+        name
+        for name, path in MODULES.items()
+        if name.removeprefix("keras_sam.") not in EXPORT_IMPORTERS[package]
+        and any(m.split(".")[0] == package for m, _ in _imports(path))
+    ]
+    assert not wrong, wrong
+
+
+def test_onnx_predictor_needs_no_keras():
+    """`OnnxPredictor` runs where Keras is not installed: its module and
+    the keras_sam modules it imports import neither Keras nor a backend."""
+    graph = _graph()
+    seen, todo = set(), ["keras_sam.export.onnx_predictor"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(graph[name])
+    wrong = [
+        f"{name}: {module}"
+        for name in sorted(seen)
+        for module, _ in _imports(MODULES[name])
+        if module.split(".")[0] in ("keras",) + BACKENDS
+    ]
     assert not wrong, wrong

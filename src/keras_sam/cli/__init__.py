@@ -7,6 +7,7 @@ Subcommands:
              auto --embeddings)
     convert  an official checkpoint to safetensors or Keras .weights.h5
     info     the architecture and size of a checkpoint
+    export   the model as ONNX, LiteRT or SavedModel files
     demo     segment a held-out shapes picture with the bundled model
 
 `--backend` is applied before Keras is imported. Results go to stdout,
@@ -30,6 +31,7 @@ from keras_sam.cli import auto
 from keras_sam.cli import convert
 from keras_sam.cli import demo
 from keras_sam.cli import embed
+from keras_sam.cli import export
 from keras_sam.cli import info
 from keras_sam.cli import segment
 from keras_sam.cli.common import describe
@@ -66,6 +68,7 @@ SUBCOMMANDS = {
     "embed": embed,
     "convert": convert,
     "info": info,
+    "export": export,
 }
 
 VERBOSE_HELP = "show the traceback of a failure (also: $KERAS_SAM_DEBUG=1)"
