@@ -103,7 +103,8 @@ def _gradients(model, x, y):
         with keras.StatelessScope(state_mapping=mapping):
             return loss_fn()
 
-    return jax.grad(stateless)([w.value for w in weights])
+    # Compiled: op-by-op JAX autodiff of the decoder takes a minute.
+    return jax.jit(jax.grad(stateless))([w.value for w in weights])
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

@@ -45,6 +45,7 @@ def test_interior_point_and_tight_box():
         evaluation.tight_box(np.zeros((3, 3), bool))
 
 
+@pytest.mark.integration  # the predictor's numbers: tests/inference
 def test_evaluate_shapes_tiny_model():
     model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
     model.build()
@@ -65,6 +66,7 @@ def test_evaluate_shapes_tiny_model():
         evaluation.evaluate_shapes(model, num_images=0)
 
 
+@pytest.mark.integration  # the predictor's numbers: tests/inference
 def test_shapes_objects_are_the_summary_per_object():
     from keras_sam.training.datasets.shapes import make_scene
 

@@ -335,13 +335,12 @@ PROMPT = helpers.TINY_64_PROMPT
 DECODER = helpers.TINY_64_DECODER
 
 
-# Training end to end is slow to trace; `make test` runs every variant on
-# one backend and one variant (here the whole model) on all three, beside
-# the per-backend gradient checks in tests/layers.
-@pytest.mark.parametrize(
-    "freeze_image_encoder",
-    [pytest.param(True, marks=pytest.mark.integration), False],
-)
+# Training end to end is slow to trace: `make test` runs these variants on
+# one backend; on all three, fit() of the whole model with a refinement
+# round (test_fit_with_input_resolution_targets_and_refinement), beside the
+# per-backend gradient and fit checks of the layers in tests/layers.
+@pytest.mark.integration
+@pytest.mark.parametrize("freeze_image_encoder", [True, False])
 def test_fit_lowers_the_loss(freeze_image_encoder):
     model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
     model.build()

@@ -244,15 +244,12 @@ def test_rounds_after_the_first_pass_on_the_single_mask_output():
     assert not np.allclose(_np(best), _np(rounds[0]["masks"][:, 0]))
 
 
-# Slow to trace: `make test` runs the richest variant (K prompts per image,
-# correction and no-click rounds) on every backend, the others on one.
+# Slow to trace, so on one backend (`integration`): on every backend, fit()
+# with a refinement round is test_losses.py's input-resolution test, and
+# the rounds' numbers (no-click rounds too) are checked above.
+@pytest.mark.integration
 @pytest.mark.parametrize(
-    "prompts_per_image, mask_only",
-    [
-        pytest.param(None, 0, marks=pytest.mark.integration),
-        pytest.param(4, 0, marks=pytest.mark.integration),
-        (4, 2),
-    ],
+    "prompts_per_image, mask_only", [(None, 0), (4, 0), (4, 2)]
 )
 def test_fit_with_refinement_lowers_the_loss(prompts_per_image, mask_only):
     model = _model(2, mask_only)
