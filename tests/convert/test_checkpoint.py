@@ -689,7 +689,10 @@ def test_hostile_checkpoint_is_refused_before_allocating(hostile_loads, case):
     assert re.search(HOSTILE[case], message), message
     assert str(files[case]) in message  # names the file
     assert "\n" not in message  # one line for the CLI
-    assert seconds < 10
+    # No pass over the gigabytes the file declares (RLIMIT_AS above keeps
+    # it from allocating them); not a speed check: 16 s was seen on a
+    # machine at load 14, so the bound only catches a runaway loop.
+    assert seconds < 120
 
 
 @pytest.mark.parametrize(
