@@ -15,17 +15,26 @@ def fresh_keras_session():
 
 
 def pytest_configure(config):
-    """On JAX, a persistent compilation cache for the session (a temporary
+    """keras-sam's user cache folder (`$KERAS_SAM_CACHE`: downloads, the
+    cache of checkpoints read, compiled programs) is a temporary folder of
+    the session, removed at the end, never the user's; commands run by the
+    tests inherit it.
+
+    On JAX, a persistent compilation cache for the session (a temporary
     folder, removed at the end): a test that compiles a program an earlier
     one already compiled (e.g. the four training runs of the same tiny model
     in `tests/scripts/test_train_shapes.py`) loads the executable XLA built
     instead of compiling it anew. Only compiles over 0.5 s are kept."""
-    if keras.backend.backend() != "jax":
-        return
     import atexit
+    import os
     import shutil
     import tempfile
 
+    user_cache = tempfile.mkdtemp(prefix="keras_sam_cache_")
+    atexit.register(shutil.rmtree, user_cache, ignore_errors=True)
+    os.environ["KERAS_SAM_CACHE"] = user_cache
+    if keras.backend.backend() != "jax":
+        return
     import jax
 
     folder = tempfile.mkdtemp(prefix="keras_sam_xla_cache_")

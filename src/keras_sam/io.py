@@ -341,6 +341,27 @@ def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 _PART = re.compile(r"\A\..+\.(\d+)\.[a-z0-9_]+\.part(\.[^/]*)?\Z")
 
 
+def private_folder(folder: str | os.PathLike, *, create: bool = False) -> bool:
+    """Whether `folder` is a folder of this user that no one else can write
+    in (`create`: made first if missing, mode 0o700, parents as usual).
+
+    Caches whose files are trusted when read (compiled programs, converted
+    weights) are used only in such a folder: anyone who can write in it
+    could put there what this user's programs then run or load.
+    """
+    import stat
+
+    try:
+        if create:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.stat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+        return False
+    return not hasattr(os, "getuid") or st.st_uid == os.getuid()
+
+
 def _temporary(path: str, suffix: str = "") -> tuple[int, str]:
     directory, name = os.path.split(os.path.abspath(path))
     return tempfile.mkstemp(

@@ -6,6 +6,7 @@ import pytest
 
 from keras_sam import SAMMaskDecoder
 from keras_sam.backend.compile import compile_inference
+from keras_sam.backend.compile import use_persistent_cache
 from tests import helpers
 
 
@@ -120,3 +121,55 @@ def test_fuse_elementwise_same_values_and_gradients():
                 1e-5,
                 "gradient",
             )
+
+
+def test_persistent_cache_in_a_private_folder(tmp_path, monkeypatch):
+    import os
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        # Eager PyTorch compiles nothing to keep.
+        assert use_persistent_cache(tmp_path) is None
+        return
+    if backend == "tensorflow":
+        monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_some_flag=1")
+        folder = use_persistent_cache(tmp_path)
+        assert os.environ["TF_XLA_FLAGS"] == (
+            f"--tf_xla_some_flag=1 --tf_xla_persistent_cache_directory={folder}"
+        )
+        # A setting already made is left alone.
+        assert use_persistent_cache(tmp_path / "other") is None
+        monkeypatch.setenv("TF_XLA_FLAGS", "")
+    else:
+        import jax
+
+        # The test session's own cache is left alone.
+        assert jax.config.jax_compilation_cache_dir
+        assert use_persistent_cache(tmp_path) is None
+        names = (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_compilation_cache_max_size",
+        )
+        saved = {n: getattr(jax.config, n) for n in names}
+        try:
+            jax.config.update("jax_compilation_cache_dir", None)
+            folder = use_persistent_cache(tmp_path)
+            assert jax.config.jax_compilation_cache_dir == str(folder)
+            assert jax.config.jax_compilation_cache_max_size > 0
+        finally:
+            for name, value in saved.items():
+                jax.config.update(name, value)
+    assert folder.parent == tmp_path
+    assert folder.name.startswith(f"{backend}-")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    # A folder others can write in is not used: its files are code.
+    folder.chmod(0o777)
+    if backend == "jax":
+        try:
+            jax.config.update("jax_compilation_cache_dir", None)
+            assert use_persistent_cache(tmp_path) is None
+        finally:
+            jax.config.update("jax_compilation_cache_dir", saved[names[0]])
+    else:
+        assert use_persistent_cache(tmp_path) is None

@@ -114,6 +114,14 @@ def _kind(path: Path) -> str:
     return _sniff(path)
 
 
+def checkpoint_format(path: str | os.PathLike) -> str:
+    """How `read_state_dict` reads `path`: "torch" or "safetensors" (by
+    its extension, else its content; see there)."""
+    path = Path(path)
+    _check_path(path)
+    return _kind(path)
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint file at {str(path)!r}")
@@ -167,14 +175,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     else:
         state = _read_torch(path)
     for key, array in state.items():
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = array.size - int(np.count_nonzero(finite))
-            raise ValueError(
-                f"Refusing checkpoint {str(path)!r}: tensor {key!r} holds "
-                f"{bad} non-finite values (NaN or infinity)."
-            )
+        check_finite(path, key, array)
     return state
+
+
+def check_finite(path: str | os.PathLike, key: str, array: np.ndarray) -> None:
+    """Refuse a tensor holding NaN or infinity, naming file and key.
+
+    Two reductions without a temporary array (NaN propagates through
+    `min`/`max`, an infinity is the one or the other); the values are only
+    counted once one is found.
+    """
+    if not array.size or (
+        np.isfinite(array.min()) and np.isfinite(array.max())
+    ):
+        return
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    raise ValueError(
+        f"Refusing checkpoint {str(path)!r}: tensor {key!r} holds "
+        f"{bad} non-finite values (NaN or infinity)."
+    )
 
 
 def _bad_file(path: Path, reason) -> ValueError:
@@ -241,16 +261,30 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
     header."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError(f"{size} bytes, shorter than the header")
-            header_len = int.from_bytes(head, "little")
-            if header_len > min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise ValueError(
-                    f"header of {header_len} bytes in a {size}-byte file"
-                )
-            header = json.loads(f.read(header_len))
+        f = open(path, "rb")
+    except OSError as e:
+        raise _bad_file(path, f"{type(e).__name__}: {e}") from e
+    with f:
+        return read_safetensors_header(f, path, size)
+
+
+def read_safetensors_header(f, path: Path, size: int) -> tuple[dict, int]:
+    """The JSON header of the safetensors file open as `f` (at its start)
+    and the offset where its data starts, every tensor entry checked
+    against `size`, the file's size: floating-point dtypes only, no zero
+    dimension, data offsets inside the file that match each shape, and no
+    more bytes declared than the file holds. `path` names the file in the
+    `ValueError`s."""
+    try:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes, shorter than the header")
+        header_len = int.from_bytes(head, "little")
+        if header_len > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            raise ValueError(
+                f"header of {header_len} bytes in a {size}-byte file"
+            )
+        header = json.loads(f.read(header_len))
     except (ValueError, OSError, RecursionError) as e:  # bad JSON, UTF-8
         raise _bad_file(path, f"{type(e).__name__}: {e}") from e
     if not isinstance(header, dict):

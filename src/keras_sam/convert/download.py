@@ -272,23 +272,25 @@ def _check_arguments(url, filename, size, timeout, deadline) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, url: str, wait: float, progress: bool):
-    """Hold an exclusive `flock` on `path`; yields whether a lock is held.
+def file_lock(path: str | os.PathLike, *, wait: float, on_wait=None):
+    """Hold an exclusive `flock` on `path` (created if missing, never
+    deleted: deleting a lock file lets two processes hold two locks).
 
-    Polls, so that waiting is bounded by `wait` seconds.
+    Yields whether a lock is held: False without `fcntl` (Windows) or on a
+    file system without locks, where the block runs unlocked. Polls every
+    0.1 s; `on_wait()`, if given, is called once when another process holds
+    the lock.
+
+    Raises:
+        OSError: the lock file cannot be created.
+        TimeoutError: another process held the lock for `wait` seconds.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no lock (see the module docstring)
         yield False
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise DownloadError(
-            f"Could not create the lock file {path} for {url} "
-            f"({e.strerror}); set $KERAS_SAM_CACHE to a writable folder."
-        ) from e
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         give_up = time.monotonic() + wait
         told = False
@@ -303,21 +305,43 @@ def _locked(path: Path, url: str, wait: float, progress: bool):
                 locked = False
                 break
             if time.monotonic() >= give_up:
-                raise DownloadError(
-                    f"Could not download {url}: another process has been "
-                    f"downloading it into {path.parent} for over {wait:g} s "
-                    f"(it holds {path.name}); {_HINT}."
-                )
-            if progress and not told:
-                sys.stderr.write(
-                    f"Waiting for another process downloading {url}\n"
-                )
-                sys.stderr.flush()
+                raise TimeoutError(f"{path} held for over {wait:g} s")
+            if on_wait is not None and not told:
+                on_wait()
                 told = True
             time.sleep(_LOCK_POLL_S)
         yield locked
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _locked(path: Path, url: str, wait: float, progress: bool):
+    """Hold an exclusive `flock` on `path` (`file_lock`); yields whether a
+    lock is held. Waiting is bounded by `wait` seconds."""
+
+    def tell():
+        if progress:
+            sys.stderr.write(f"Waiting for another process downloading {url}\n")
+            sys.stderr.flush()
+
+    with contextlib.ExitStack() as stack:
+        try:
+            locked = stack.enter_context(
+                file_lock(path, wait=wait, on_wait=tell)
+            )
+        except TimeoutError:
+            raise DownloadError(
+                f"Could not download {url}: another process has been "
+                f"downloading it into {path.parent} for over {wait:g} s "
+                f"(it holds {path.name}); {_HINT}."
+            ) from None
+        except OSError as e:
+            raise DownloadError(
+                f"Could not create the lock file {path} for {url} "
+                f"({e.strerror}); set $KERAS_SAM_CACHE to a writable folder."
+            ) from e
+        yield locked
 
 
 def _fingerprint(st: os.stat_result) -> str:

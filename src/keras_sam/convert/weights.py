@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from keras_sam.convert import image_encoder_mapping
 from keras_sam.convert import torch_mapping
 from keras_sam.convert.checkpoint import as_array
@@ -209,5 +211,13 @@ def _apply(target, assignments, problems) -> None:
             f"`state_dict` does not match {type(target).__name__} "
             f"'{target.name}'; nothing was loaded. " + "; ".join(problems)
         )
+    from keras_sam.backend.variables import initialize_pending
+    from keras_sam.backend.variables import set_initial_value
+
     for variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
+        # A variable built by `build_without_values` gets the value as its
+        # first one (no random values drawn); the transforms give views,
+        # copied one variable at a time.
+        if not set_initial_value(variable, value):
+            variable.assign(np.array(value, dtype=variable.dtype, order="C"))
+    initialize_pending()

@@ -48,8 +48,9 @@ def export_model(
     Args:
         model: a `keras_sam.SAM` (float32).
         output_dir: the folder (created if missing).
-        format: `"onnx"` (`tf2onnx`), `"litert"` (`.tflite`, TensorFlow's
-            converter) or `"saved_model"` (Keras' `tf_saved_model` export).
+        format: `"onnx"` (`tf2onnx`), `"litert"` (`.tflite` of LiteRT's
+            builtin ops, TensorFlow's converter) or `"saved_model"`
+            (Keras' `tf_saved_model` export).
             All run on the TensorFlow backend.
         decoder_only: skip the image encoder.
         single_mask: one mask per prompt (the official rule).
@@ -67,13 +68,6 @@ def export_model(
         raise ValueError(
             f"`format` must be one of {', '.join(FORMATS)}. Received: "
             f"format={format!r}"
-        )
-    if format == "litert" and not decoder_only:
-        raise ValueError(
-            "LiteRT export of the image encoder is not supported: its "
-            "windowed attention needs batch matrix products of rank 6, "
-            "beyond LiteRT's 5. Export the decoder only (decoder_only=True, "
-            "--decoder-only) and run the encoder from ONNX or a SavedModel."
         )
     folder = Path(output_dir)
     existing = [

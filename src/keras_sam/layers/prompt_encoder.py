@@ -343,7 +343,9 @@ class SAMPromptEncoder(keras.layers.Layer):
         encoding = self.positional_embedding_layer.encode_coordinates(
             points, self.input_image_size
         )  # (B, N, C)
-        labels = ops.cast(labels, "int32")[..., None]  # (B, N, 1)
+        # expand_dims, not [..., None]: LiteRT has no strided slice that
+        # adds an axis to a tensor of two dynamic sizes.
+        labels = ops.expand_dims(ops.cast(labels, "int32"), -1)  # (B, N, 1)
         table = ops.concatenate(
             [layer.embeddings for layer in self._type_embeddings()], axis=0
         )  # (4, C)

@@ -1,5 +1,7 @@
 """The whole Segment Anything Model: image encoder, prompt encoder, decoder."""
 
+import contextlib
+import gc
 import os
 
 import keras
@@ -15,6 +17,42 @@ from keras_sam.prompts import split_per_image
 from keras_sam.training.trainer import SAMTrainer
 
 KERAS_SAFETENSORS_FORMAT = "keras_sam.variable_paths"
+
+
+def use_compile_cache() -> None:
+    """Keep the backend's compiled programs in the user cache folder
+    (`keras_sam.backend.compile.use_persistent_cache` in
+    `keras_sam.convert.cache.compiled_dir()`), unless the caches are turned
+    off (`$KERAS_SAM_NO_CACHE=1`). Done once per process, before the first
+    model is built or compiled (TensorFlow reads the setting before its
+    first operation)."""
+    global _COMPILE_CACHE_SET
+    if _COMPILE_CACHE_SET:
+        return
+    _COMPILE_CACHE_SET = True
+    from keras_sam.backend.compile import use_persistent_cache
+    from keras_sam.convert import cache
+
+    if cache.enabled():
+        use_persistent_cache(cache.compiled_dir())
+
+
+_COMPILE_CACHE_SET = False
+
+
+@contextlib.contextmanager
+def _collection_paused():
+    """No cyclic garbage collection in the block: building a model makes
+    thousands of objects, and each collection would walk every object of
+    the imported frameworks (0.5-0.9 s of loading ViT-B on TensorFlow).
+    Nothing is lost: collection resumes after the block."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _constructor_args(layer) -> dict:
@@ -175,6 +213,7 @@ class SAM(SAMTrainer, keras.Model):
         """
         from keras_sam.backend.compile import compile_inference
 
+        use_compile_cache()
         cache = self.__dict__.setdefault("_compiled_methods", {})
         if method not in cache:
             cache[method] = compile_inference(self, getattr(self, method))
@@ -263,6 +302,7 @@ class SAM(SAMTrainer, keras.Model):
                 f"{', '.join(sorted(PRESETS))}"
             )
         preset = PRESETS[name]
+        use_compile_cache()
         if weights is True and "bundled" not in preset:
             # Before building: a failed download fails at once.
             from keras_sam.convert.download import download
@@ -276,6 +316,21 @@ class SAM(SAMTrainer, keras.Model):
             preset["mask_decoder"],
             name=name,
         )
+        if weights and weights is not True:
+            from keras_sam.backend.variables import build_without_values
+            from keras_sam.backend.variables import discard_pending
+            from keras_sam.backend.variables import initialize_pending
+
+            # No random values drawn for weights about to be loaded.
+            with _collection_paused():
+                build_without_values(model)
+                try:
+                    model.load_checkpoint(weights)
+                except BaseException:
+                    discard_pending(model)
+                    raise
+                initialize_pending()
+            return model
         model.build()
         if weights is True:  # the bundled file
             path = os.path.join(
@@ -283,9 +338,6 @@ class SAM(SAMTrainer, keras.Model):
             )
             bundled = cls.from_keras_safetensors(path)
             model.set_weights(bundled.get_weights())
-            return model
-        if weights:
-            model.load_checkpoint(weights)
         return model
 
     @classmethod
@@ -294,6 +346,7 @@ class SAM(SAMTrainer, keras.Model):
         path: str | os.PathLike,
         *,
         mask_decoder_num_heads: int | None = None,
+        use_cache: bool = True,
     ) -> "SAM":
         """Build a model whose architecture is read from a checkpoint, and
         load it.
@@ -308,6 +361,10 @@ class SAM(SAMTrainer, keras.Model):
         finite floats, and architectures beyond twice ViT-H's are refused
         before the model is built.
 
+        A PyTorch file is read through the cache of checkpoints already read
+        (`use_cache`), and the backend's persistent compilation cache is
+        switched on (`use_compile_cache`); docs/cache.md has both.
+
         The decoder's head count is in no weight shape. With the wrong count
         the weights still load (every shape is the same) and the model runs,
         but its masks are silently wrong: a checkpoint trained with a 4-head
@@ -319,14 +376,24 @@ class SAM(SAMTrainer, keras.Model):
                 two-way transformer. None: 8, the value of every official
                 checkpoint; for a keras-sam file, the value it stores (a
                 different one is refused).
+            use_cache: Whether a PyTorch file is read through the cache of
+                checkpoints already read (`keras_sam.convert.cache`: the
+                tensors as safetensors in the user cache folder, used only
+                when they verify; `$KERAS_SAM_NO_CACHE=1` turns it off
+                everywhere). It gives the same weights as the file.
 
         Raises:
             FileNotFoundError: `path` does not exist.
             ValueError: naming the file: it is corrupt or unsafe, is not a
                 SAM checkpoint, or its weights do not fit the architecture.
         """
+        from keras_sam.backend.variables import build_without_values
+        from keras_sam.backend.variables import discard_pending
+        from keras_sam.backend.variables import initialize_pending
+        from keras_sam.convert import cache
         from keras_sam.convert import checkpoint
 
+        use_compile_cache()
         name = str(path)
         if checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT:
             # Config, tensors and sizes checked before anything is built.
@@ -342,7 +409,7 @@ class SAM(SAMTrainer, keras.Model):
                 )
             build = cls.from_keras_safetensors
         else:
-            state = checkpoint.read_state_dict(path)
+            state = cache.read_checkpoint(path, use_cache=use_cache)
             config = checkpoint.detect_checkpoint_architecture(
                 path,
                 state,
@@ -355,12 +422,19 @@ class SAM(SAMTrainer, keras.Model):
 
             def build(path):
                 model = cls.from_config_dicts(**config)
-                model.build()
-                model.load_state_dict(state)
+                # No random values drawn for weights about to be loaded.
+                build_without_values(model)
+                try:
+                    model.load_state_dict(state)
+                except BaseException:
+                    discard_pending(model)
+                    raise
+                initialize_pending()
                 return model
 
         try:
-            return build(path)
+            with _collection_paused():
+                return build(path)
         except (TypeError, ValueError) as e:
             if isinstance(e, ValueError) and name in str(e):
                 raise
@@ -379,6 +453,12 @@ class SAM(SAMTrainer, keras.Model):
         """
         import json
 
+        import numpy as np
+
+        from keras_sam.backend.variables import build_without_values
+        from keras_sam.backend.variables import discard_pending
+        from keras_sam.backend.variables import initialize_pending
+        from keras_sam.backend.variables import set_initial_value
         from keras_sam.convert.checkpoint import read_safetensors_metadata
         from keras_sam.convert.checkpoint import read_state_dict
 
@@ -395,27 +475,36 @@ class SAM(SAMTrainer, keras.Model):
             config["mask_decoder"],
             name=metadata.get("name", "sam"),
         )
-        model.build()
         state = {
             k.split("/", 1)[1] if "/" in k else k: v
             for k, v in read_state_dict(path).items()
         }
-        variables = {v.path.split("/", 1)[1]: v for v in model.weights}
-        missing = sorted(set(variables) - set(state))
-        unexpected = sorted(set(state) - set(variables))
-        mismatched = sorted(
-            k
-            for k in set(state) & set(variables)
-            if tuple(state[k].shape) != tuple(variables[k].shape)
-        )
-        if missing or unexpected or mismatched:
-            raise ValueError(
-                f"{path} does not match its config; nothing was loaded. "
-                f"missing: {missing}, unexpected: {unexpected}, shape "
-                f"mismatches: {mismatched}"
+        # No random values drawn for weights about to be loaded.
+        build_without_values(model)
+        try:
+            variables = {v.path.split("/", 1)[1]: v for v in model.weights}
+            missing = sorted(set(variables) - set(state))
+            unexpected = sorted(set(state) - set(variables))
+            mismatched = sorted(
+                k
+                for k in set(state) & set(variables)
+                if tuple(state[k].shape) != tuple(variables[k].shape)
             )
-        for key, variable in variables.items():
-            variable.assign(state[key].astype(variable.dtype))
+            if missing or unexpected or mismatched:
+                raise ValueError(
+                    f"{path} does not match its config; nothing was loaded. "
+                    f"missing: {missing}, unexpected: {unexpected}, shape "
+                    f"mismatches: {mismatched}"
+                )
+            for key, variable in variables.items():
+                if not set_initial_value(variable, state[key]):
+                    variable.assign(
+                        np.array(state[key], dtype=variable.dtype, order="C")
+                    )
+        except BaseException:
+            discard_pending(model)
+            raise
+        initialize_pending()
         return model
 
     def save_keras_safetensors(self, path: str | os.PathLike) -> None:
@@ -450,10 +539,11 @@ class SAM(SAMTrainer, keras.Model):
         `.safetensors` with the official tensor names); all parts or
         nothing. The file is read safely (see `from_checkpoint`); a
         `ValueError` names it when it is corrupt or unsafe or its weights do
-        not fit this model."""
-        from keras_sam.convert.checkpoint import read_state_dict
+        not fit this model. A PyTorch file is read through the cache of
+        checkpoints already read, as in `from_checkpoint`."""
+        from keras_sam.convert.cache import read_checkpoint
 
-        state = read_state_dict(path)
+        state = read_checkpoint(path)
         try:
             self.load_state_dict(state)
         except ValueError as e:
