@@ -128,7 +128,7 @@ def run(parser, args) -> int:
 
     import numpy as np
 
-    from keras_sam.prompts import check_prompts
+    from keras_sam.inference.user_prompts import check_prompts
 
     try:
         check_prompts(points or None, labels or None, box, image_size=(h, w))

@@ -11,12 +11,12 @@ import numpy as np
 
 from keras_sam.export import interface
 from keras_sam.inference import transforms
+from keras_sam.inference.predictor_base import MASK_THRESHOLD
+from keras_sam.inference.predictor_base import PredictorBase
+from keras_sam.inference.predictor_base import rgb_image
 
-MASK_THRESHOLD = 0.0
-POINT_LABELS = (-1, 0, 1, 2, 3)
 
-
-class OnnxPredictor:
+class OnnxPredictor(PredictorBase):
     """`SAMPredictor`'s interface on `decoder.onnx` (and `image_encoder.onnx`).
 
     Same semantics as `keras_sam.SAMPredictor`: prompts in the original
@@ -101,13 +101,6 @@ class OnnxPredictor:
 
     # -- image ---------------------------------------------------------------
 
-    def reset_image(self) -> None:
-        """Forget the current image and its embedding."""
-        self.features = None
-        self.original_size = None
-        self.input_size = None
-        self.is_image_set = False
-
     def set_image(self, image, image_format: str = "RGB") -> None:
         """Encode `image`, uint8 `(H, W, 3)`, with `image_encoder.onnx`.
 
@@ -121,27 +114,10 @@ class OnnxPredictor:
                 "(exported with --decoder-only?): set embeddings with "
                 "`set_image_embedding` instead."
             )
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(
-                "`image_format` must be 'RGB' or 'BGR'. Received: "
-                f"image_format={image_format!r}"
-            )
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(
-                "`image` must be a uint8 array (H, W, 3). Received: "
-                f"image.dtype={image.dtype}, image.shape={image.shape}"
-            )
-        if min(image.shape[:2]) < 1:
-            raise ValueError(
-                f"`image` must not be empty. Received: image.shape="
-                f"{image.shape}"
-            )
-        if image_format == "BGR":
-            image = image[..., ::-1]
+        image = rgb_image(image, image_format)
         original_size = tuple(int(v) for v in image.shape[:2])
-        input_size = transforms.check_preprocess_shape(
-            original_size, max(self.image_size), f"image.shape={image.shape}"
+        input_size = self._input_size(
+            original_size, f"image.shape={image.shape}"
         )
         self.reset_image()
         resized = transforms.resize_image(
@@ -169,43 +145,8 @@ class OnnxPredictor:
         Raises:
             ValueError: a wrong shape, NaN or infinity, a bad size.
         """
-        embedding = np.ascontiguousarray(embedding, np.float32)
-        if embedding.shape != self.embedding_shape:
-            raise ValueError(
-                f"`embedding` must have shape {self.embedding_shape} "
-                "(1, C, He, We). Received: embedding.shape="
-                f"{embedding.shape}"
-            )
-        if not np.all(np.isfinite(embedding)):
-            raise ValueError(
-                "`embedding` must be finite. Received: embedding containing "
-                "NaN or infinite values"
-            )
-        try:
-            h, w = (int(v) for v in original_size)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                "`original_size` must be (height, width). Received: "
-                f"original_size={original_size!r}"
-            ) from e
-        if h < 1 or w < 1:
-            raise ValueError(
-                "`original_size` must be positive. Received: "
-                f"original_size={original_size!r}"
-            )
-        self.input_size = transforms.check_preprocess_shape(
-            (h, w), max(self.image_size), f"original_size={original_size!r}"
-        )
-        self.features = embedding
-        self.original_size = (h, w)
-        self.is_image_set = True
-
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise RuntimeError(
-                "An image must be set with `set_image` or "
-                "`set_image_embedding` before predicting."
-            )
+        embedding = self._check_embedding(embedding, self.embedding_shape)
+        self._use_embedding(np.ascontiguousarray(embedding), original_size)
 
     # -- prediction ----------------------------------------------------------
 
@@ -224,7 +165,7 @@ class OnnxPredictor:
             `(masks (C, H, W), scores (C,), low_res_logits (C, h, w))`.
         """
         self._require_image()
-        prompts = self._prepare(point_coords, point_labels, box, mask_input, 1)
+        prompts = self._prepare(point_coords, point_labels, box, mask_input, ())
         logits, scores = self._decode(prompts, multimask_output)
         masks = self.upscale(logits, None if return_logits else MASK_THRESHOLD)
         return masks[0], scores[0], logits[0]
@@ -246,145 +187,38 @@ class OnnxPredictor:
             `(masks (B, C, H, W), scores (B, C), low_res_logits
             (B, C, h, w))`.
         """
-        self._require_image()
-        if point_coords is None and boxes is None and mask_input is None:
-            raise ValueError(
-                "A prompt batch needs at least one of point_coords, boxes "
-                "or mask_input: it has no batch size otherwise."
-            )
-        prompts = self._prepare(
-            point_coords, point_labels, boxes, mask_input, None
+        prompts = self._prepare_batch(
+            point_coords, point_labels, boxes, mask_input
         )
         logits, scores = self._decode(prompts, multimask_output)
         masks = self.upscale(logits, None if return_logits else MASK_THRESHOLD)
         return masks, scores, logits
 
-    def upscale(self, low_res_logits, threshold: float | None = None):
-        """Low-res logits `(..., h, w)` to the picture's size `(..., H, W)`
-        (float32 logits, or bool masks `logits > threshold`)."""
-        self._require_image()
-        return transforms.postprocess_masks(
-            low_res_logits,
-            self.input_size,
-            self.original_size,
-            self.image_size,
-            threshold=threshold,
-        )
-
-    def _prepare(self, point_coords, point_labels, boxes, mask_input, one):
-        """Checked prompts as the decoder's `point_coords`, `point_labels`
-        (model frame, padding point and box corners included) and
-        `mask_input` (None without one). `one`: 1 for `predict`, None for
-        a batch."""
-        rank = 1 if one else 2
-        coords = labels = None
-        batch = None
-        if point_coords is not None or point_labels is not None:
-            if point_coords is None or point_labels is None:
-                missing = (
-                    "point_labels" if point_labels is None else ("point_coords")
-                )
-                raise ValueError(
-                    "`point_coords` and `point_labels` go together. "
-                    f"Received: {missing}=None"
-                )
-            coords = _array("point_coords", point_coords, rank + 1, 2)
-            labels = _array("point_labels", point_labels, rank, None)
-            if labels.shape != coords.shape[:-1]:
-                raise ValueError(
-                    "`point_labels` must have one label per point, shape "
-                    f"{coords.shape[:-1]}. Received: point_labels.shape="
-                    f"{labels.shape}"
-                )
-            if not np.all(np.isin(labels, POINT_LABELS)):
-                raise ValueError(
-                    "`point_labels` must be 1 (foreground), 0 (background), "
-                    "2/3 (box corners) or -1 (ignored point). Received: "
-                    f"point_labels={labels.tolist()}"
-                )
-            self._check_inside("point_coords", coords)
-            if one:
-                coords, labels = coords[None], labels[None]
-            batch = coords.shape[0]
-        if boxes is not None:
-            name = "box" if one else "boxes"
-            box = _array(name, boxes, rank, 4)
-            if one:
-                box = box[None]
-            if np.any(box[:, 2] < box[:, 0]) or np.any(box[:, 3] < box[:, 1]):
-                raise ValueError(
-                    f"`{name}` must be x1, y1, x2, y2 with x2 >= x1 and "
-                    f"y2 >= y1. Received: {name}={box.tolist()}"
-                )
-            corners = box.reshape(-1, 2, 2)
-            self._check_inside(name, corners)
-            if batch is not None and box.shape[0] != batch:
-                raise ValueError(
-                    "`boxes` must have one box per prompt of the batch. "
-                    f"Received: {box.shape[0]} boxes for {batch} point "
-                    "prompts"
-                )
-            batch = box.shape[0]
-            corner_labels = np.tile([[2.0, 3.0]], (batch, 1))
+    def _decoder_inputs(self, prompts: dict) -> dict:
+        """The prompt encoder's arguments (`PredictorBase._prepare`) as
+        the official ONNX interface takes them: a box as two corner points
+        labelled 2 and 3 after the points, labels float32, masks
+        `(B, 1, h, w)` (None without)."""
+        coords, labels = prompts.get("points"), prompts.get("labels")
+        if "boxes" in prompts:
+            corners = prompts["boxes"].reshape(-1, 2, 2)
+            corner_labels = np.tile([[2, 3]], (len(corners), 1))
             if coords is None:
                 coords, labels = corners, corner_labels
             else:
                 coords = np.concatenate([coords, corners], axis=1)
                 labels = np.concatenate([labels, corner_labels], axis=1)
-        elif coords is not None:
-            # The official padding point: (0, 0) with label -1.
-            coords = np.concatenate([coords, np.zeros((batch, 1, 2))], 1)
-            labels = np.concatenate([labels, -np.ones((batch, 1))], 1)
-        masks = None
-        if mask_input is not None:
-            masks = np.asarray(mask_input, np.float32)
-            if not one and masks.ndim == 3:
-                masks = masks[:, None]
-            expected = (1, 1, *self.mask_input_size)
-            if not one:
-                expected = (masks.shape[0],) + expected[1:]
-            if masks.shape[-3:] != expected[-3:] or (
-                one and masks.shape != expected[1:]
-            ):
-                raise ValueError(
-                    f"`mask_input` must have shape {expected[int(bool(one)) :]}"
-                    ": low-resolution logits from an earlier prediction. "
-                    f"Received: mask_input.shape={masks.shape}"
-                )
-            if not np.all(np.isfinite(masks)):
-                raise ValueError(
-                    "`mask_input` must be finite. Received: mask_input "
-                    "containing NaN or infinity"
-                )
-            masks = masks.reshape((-1, 1, *self.mask_input_size))
-            if batch is not None and masks.shape[0] != batch:
-                raise ValueError(
-                    "`mask_input` must have one mask per prompt of the "
-                    f"batch. Received: {masks.shape[0]} masks for {batch} "
-                    "prompts"
-                )
-            batch = masks.shape[0]
+        masks = prompts.get("masks")
+        if masks is not None:
+            masks = masks[..., 0]
         if coords is None:
-            coords = np.zeros((batch, 0, 2))
-            labels = np.zeros((batch, 0))
-        coords = transforms.apply_coords(
-            coords, self.original_size, self.input_size
-        )
+            batch = masks.shape[0]
+            coords, labels = np.zeros((batch, 0, 2)), np.zeros((batch, 0))
         return {
             "point_coords": coords.astype(np.float32),
             "point_labels": labels.astype(np.float32),
             "mask_input": masks,
         }
-
-    def _check_inside(self, name: str, coords: np.ndarray) -> None:
-        h, w = self.original_size
-        x, y = coords[..., 0], coords[..., 1]
-        if np.any(x < 0) or np.any(x > w) or np.any(y < 0) or np.any(y > h):
-            raise ValueError(
-                f"`{name}` must lie inside the image (0 <= x <= {w}, "
-                f"0 <= y <= {h}). Received: {name} with x in "
-                f"[{x.min()}, {x.max()}], y in [{y.min()}, {y.max()}]"
-            )
 
     def _decode(self, prompts, multimask_output):
         """`(B, C, h, w)` low-res logits and `(B, C)` scores of the masks
@@ -400,6 +234,7 @@ class OnnxPredictor:
                 "pass multimask_output=False. Received: "
                 "multimask_output=True"
             )
+        prompts = self._decoder_inputs(prompts)
         coords, labels = prompts["point_coords"], prompts["point_labels"]
         masks = prompts["mask_input"]
         batch = coords.shape[0]
@@ -433,24 +268,3 @@ class OnnxPredictor:
             keep = slice(1, None) if multimask_output else slice(0, 1)
             logits, scores = logits[:, keep], scores[:, keep]
         return logits, scores
-
-
-def _array(name: str, value, rank: int, last: int | None) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"`{name}` must be an array of numbers. Received: {name}={value!r}"
-        ) from e
-    if array.ndim != rank or (last is not None and array.shape[-1] != last):
-        raise ValueError(
-            f"`{name}` must have {rank} dimensions"
-            + ("" if last is None else f", the last of size {last}")
-            + f". Received: {name}.shape={array.shape}"
-        )
-    if not np.all(np.isfinite(array)):
-        raise ValueError(
-            f"`{name}` must be finite. Received: {name} containing NaN or "
-            "infinity"
-        )
-    return array

@@ -8,12 +8,12 @@ import numpy as np
 from keras_sam import checks
 from keras_sam.inference import transforms
 from keras_sam.inference.amg_utils import stability_score
-from keras_sam.prompts import check_prompts
+from keras_sam.inference.predictor_base import MASK_THRESHOLD
+from keras_sam.inference.predictor_base import PredictorBase
+from keras_sam.inference.predictor_base import rgb_image
 
-MASK_THRESHOLD = 0.0
 
-
-class SAMPredictor:
+class SAMPredictor(PredictorBase):
     """Segment an image from points, boxes and mask prompts.
 
     The semantics are those of the official `SamPredictor`: `set_image`
@@ -89,13 +89,6 @@ class SAMPredictor:
 
     # -- image ---------------------------------------------------------------
 
-    def reset_image(self) -> None:
-        """Forget the current image and its embedding."""
-        self.features = None
-        self.original_size = None
-        self.input_size = None
-        self.is_image_set = False
-
     def set_image(self, image, image_format: str = "RGB") -> None:
         """Compute the embedding of `image`, uint8 `(H, W, 3)`.
 
@@ -109,32 +102,10 @@ class SAMPredictor:
                 pixels, or an image encoder that gives NaN or infinity
                 (the previous image is forgotten then).
         """
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(
-                "`image_format` must be 'RGB' or 'BGR'. Received: "
-                f"image_format={image_format!r}"
-            )
-        image = np.asarray(image)
-        if image.dtype != np.uint8:
-            raise ValueError(
-                "`image` must be a uint8 array (H, W, 3). Received: "
-                f"image.dtype={image.dtype}"
-            )
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(
-                "`image` must have shape (H, W, 3) (RGB or BGR). Received: "
-                f"image.shape={image.shape}"
-            )
-        if min(image.shape[:2]) < 1:
-            raise ValueError(
-                f"`image` must not be empty. Received: image.shape="
-                f"{image.shape}"
-            )
-        if image_format == "BGR":
-            image = image[..., ::-1]
+        image = rgb_image(image, image_format)
         original_size = image.shape[:2]
-        input_size = transforms.check_preprocess_shape(
-            original_size, max(self.image_size), f"image.shape={image.shape}"
+        input_size = self._input_size(
+            original_size, f"image.shape={image.shape}"
         )
         # As the official predictor: the old image goes before encoding.
         self.reset_image()
@@ -152,10 +123,7 @@ class SAMPredictor:
                 "(float16 can overflow). Received: image.shape="
                 f"{image.shape}"
             )
-        self.features = features
-        self.original_size = tuple(int(v) for v in original_size)
-        self.input_size = input_size
-        self.is_image_set = True
+        self._use_embedding(features, original_size)
 
     def get_image_embedding(self) -> np.ndarray:
         """The current image embedding, `(1, He, We, C)` float32."""
@@ -172,96 +140,10 @@ class SAMPredictor:
                 infinity, or an `original_size` that is not two positive
                 ints or too elongated for the model.
         """
-        embedding = np.asarray(embedding, np.float32)
         he, we = self.model.prompt_encoder.image_embedding_size
         c = self.model.prompt_encoder.hidden_size
-        if embedding.shape != (1, he, we, c):
-            raise ValueError(
-                f"`embedding` must have shape {(1, he, we, c)}. Received: "
-                f"embedding.shape={embedding.shape}"
-            )
-        if not np.all(np.isfinite(embedding)):
-            raise ValueError(
-                "`embedding` must be finite. Received: embedding containing "
-                f"{np.count_nonzero(~np.isfinite(embedding))} NaN or "
-                "infinite values"
-            )
-        try:
-            h, w = (int(v) for v in original_size)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                "`original_size` must be (height, width). Received: "
-                f"original_size={original_size!r}"
-            ) from e
-        if h < 1 or w < 1:
-            raise ValueError(
-                "`original_size` must be positive. Received: "
-                f"original_size={original_size!r}"
-            )
-        input_size = transforms.check_preprocess_shape(
-            (h, w), max(self.image_size), f"original_size={original_size!r}"
-        )
-        self.features = embedding
-        self.original_size = (h, w)
-        self.input_size = input_size
-        self.is_image_set = True
-
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise RuntimeError(
-                "An image must be set with `set_image` or "
-                "`set_image_embedding` before predicting."
-            )
-
-    # -- prompts -------------------------------------------------------------
-
-    def _prepare(
-        self, point_coords, point_labels, boxes, mask_input, batch_shape
-    ):
-        """Check prompts (`keras_sam.prompts.check_prompts`) and move them
-        to the model frame. Returns the prompt-encoder keyword arguments."""
-        checked = check_prompts(
-            point_coords,
-            point_labels,
-            boxes,
-            mask_input,
-            image_size=self.original_size,
-            mask_input_size=self.mask_input_size,
-            batch_shape=batch_shape,
-        )
-        prompts = {}
-        if "point_coords" in checked:
-            coords = transforms.apply_coords(
-                checked["point_coords"], self.original_size, self.input_size
-            )
-            prompts["points"] = coords.astype(np.float32)
-            prompts["labels"] = checked["point_labels"].astype(np.int32)
-        if "box" in checked:
-            box = checked["box"]
-            corners = transforms.apply_coords(
-                box.reshape(box.shape[:-1] + (2, 2)),
-                self.original_size,
-                self.input_size,
-            )
-            prompts["boxes"] = corners.reshape((-1, 1, 2, 2)).astype(np.float32)
-        if "mask_input" in checked:
-            prompts["masks"] = checked["mask_input"].reshape(
-                (-1, 1) + self.mask_input_size + (1,)
-            )
-        if not batch_shape:
-            for key in ("points", "labels"):
-                if key in prompts:
-                    prompts[key] = prompts[key][None]
-        if "points" in prompts and "boxes" not in prompts:
-            # The official encoder's padding point: (0, 0) with label -1.
-            b = prompts["points"].shape[0]
-            prompts["points"] = np.concatenate(
-                [prompts["points"], np.zeros((b, 1, 2), np.float32)], axis=1
-            )
-            prompts["labels"] = np.concatenate(
-                [prompts["labels"], -np.ones((b, 1), np.int32)], axis=1
-            )
-        return prompts
+        embedding = self._check_embedding(embedding, (1, he, we, c))
+        self._use_embedding(embedding, original_size)
 
     def _run_decoder(self, prompts) -> tuple[np.ndarray, np.ndarray]:
         """All `(B, T, h, w)` low-res logits and `(B, T)` scores.
@@ -490,27 +372,3 @@ class SAMPredictor:
             point_coords, point_labels, boxes, mask_input
         )
         return self._decode(prompts, multimask_output)
-
-    def _prepare_batch(self, point_coords, point_labels, boxes, mask_input):
-        self._require_image()
-        if point_coords is None and boxes is None and mask_input is None:
-            raise ValueError(
-                "A prompt batch needs at least one of point_coords, boxes "
-                "or mask_input: it has no batch size otherwise."
-            )
-        return self._prepare(
-            point_coords, point_labels, boxes, mask_input, ("B",)
-        )
-
-    def upscale(self, low_res_logits, threshold: float | None = None):
-        """Low-res logits `(..., 256, 256)` of the current image to its
-        original size `(..., H, W)`: float32 logits, or the bool masks
-        `logits > threshold`."""
-        self._require_image()
-        return transforms.postprocess_masks(
-            low_res_logits,
-            self.input_size,
-            self.original_size,
-            self.image_size,
-            threshold=threshold,
-        )
