@@ -6,6 +6,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,8 +14,6 @@ from PIL import Image
 from support.live_server import serve_in_thread
 from tests.serve.conftest import MAX_IMAGES
 from tests.serve.conftest import MAX_UPLOAD_BYTES
-
-httpx = pytest.importorskip("httpx", reason="the test extra has httpx")
 
 pytestmark = pytest.mark.integration
 

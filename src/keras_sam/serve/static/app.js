@@ -5,6 +5,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const MASK_COLOUR = [255, 40, 160];
 const COLOURS = [[30, 144, 255], [255, 99, 71], [50, 205, 50],
   [255, 215, 0], [186, 85, 211], [0, 206, 209], [255, 140, 0],
   [220, 20, 60], [124, 252, 0], [70, 130, 180]];
@@ -16,6 +17,7 @@ const state = {
   chosen: 0,
   everything: [],     // COCO annotations of "segment everything"
   seq: 0,             // latest prediction request; older answers are dropped
+  answered: 0,        // the request whose answer is shown
   hoverBusy: false, hoverNext: null,
   clickStart: null,
 };
@@ -152,6 +154,7 @@ async function predict() {
   clearLayer("hover-layer");
   if (!state.actions.length) {
     state.candidates = [];
+    state.answered = seq;
     renderAll();
     return;
   }
@@ -160,10 +163,14 @@ async function predict() {
   try {
     result = await api("POST", `/api/images/${state.imageId}/predict`, body);
   } catch (e) {
-    if (seq === state.seq) setStatus(e.message, true);
+    if (seq === state.seq) {
+      state.answered = seq;
+      setStatus(e.message, true);
+    }
     return;
   }
   if (seq !== state.seq) return;
+  state.answered = seq;
   state.candidates = result.masks;
   state.chosen = bestIndex(result.masks);
   renderAll();
@@ -263,7 +270,7 @@ function drawPrompts(dragBox) {
 function renderAll() {
   if (state.candidates.length) {
     drawMasks("mask-layer", [state.candidates[state.chosen].rle],
-      [COLOURS[0]], 140);
+      [MASK_COLOUR], 170);
   } else {
     clearLayer("mask-layer");
   }
@@ -472,7 +479,7 @@ async function init() {
   $("clear").addEventListener("click", () => {
     state.actions = [];
     state.everything = [];
-    state.seq++;
+    state.answered = ++state.seq;
     state.candidates = [];
     clearLayer("hover-layer");
     renderAll();
