@@ -107,5 +107,11 @@ def run(parser, args) -> int:
         print(f"http://{shown}:{port}/", flush=True)
         log(f"serving on http://{shown}:{port}/ (Ctrl-C stops)")
         config = uvicorn.Config(app, log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn shuts down on Ctrl-C, then raises it again: for a
+            # server that is the normal way to stop
+            pass
+    log("stopped")
     return 0
