@@ -177,13 +177,6 @@ def create_app(
             {"error": f"internal error ({type(exc).__name__})"}, 500
         )
 
-    @app.middleware("http")
-    async def headers(request, call_next):
-        response = await call_next(request)
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        return response
-
     def entry_of(image_id: str):
         try:
             return store.get(image_id)
@@ -315,7 +308,36 @@ def create_app(
         return Response(data, media_type="image/png")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+class SecurityHeaders:
+    """ASGI middleware: `SECURITY_HEADERS` on every HTTP response (plain
+    ASGI, which adds nothing per request beyond the headers)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [
+                    (k.lower().encode(), v.encode())
+                    for k, v in SECURITY_HEADERS.items()
+                    if k.lower().encode() not in names
+                ]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), *extra],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 @functools.cache
