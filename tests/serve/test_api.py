@@ -285,6 +285,11 @@ def test_page_openapi_and_examples(client):
         "/api/images/{image_id}",
     ):
         assert route in spec["paths"], sorted(spec["paths"])
+    # nothing lists the pictures or sends one back: an id is the only key
+    assert client.get("/api/images").status_code == 405
+    for path, methods in spec["paths"].items():
+        if path.startswith("/api/images"):
+            assert "get" not in methods or path.endswith("/progress"), path
     examples = client.get("/api/examples").json()["examples"]
     image = Image.open(io.BytesIO(client.get(examples[0]["url"]).content))
     assert image.size == (256, 256)
