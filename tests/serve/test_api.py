@@ -355,3 +355,13 @@ def test_soak_concurrent_clients_memory_flat(server, scene):
     growth = (after_all - after_first) / 2**20
     print(json.dumps({"rss_growth_mib": round(growth, 1)}))
     assert growth < 40, f"memory grew {growth:.1f} MiB over 320 prompts"
+
+
+def test_warm_up_leaves_pictures_usable(server, client, image_id):
+    _, app = server
+    url = f"/api/images/{image_id}/predict"
+    before = client.post(url, json={"points": [[60, 80]], "remember": False})
+    app.state.segmenter.warm_up()  # encodes a blank picture of its own
+    after = client.post(url, json={"points": [[60, 80]], "remember": False})
+    assert after.status_code == 200
+    assert after.json() == before.json()

@@ -1,6 +1,7 @@
 """`keras-sam serve`: the interactive page and its HTTP API."""
 
 import socket
+import threading
 
 from keras_sam.cli.common import add_model_arguments
 from keras_sam.cli.common import check_model_arguments
@@ -102,6 +103,11 @@ def run(parser, args) -> int:
                 BUNDLED_EVERYTHING if args.preset == "sam_shapes" else None
             ),
         )
+        # Requests wait for it (the model's lock); the address is usable
+        # at once.
+        threading.Thread(
+            target=app.state.segmenter.warm_up, daemon=True
+        ).start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"http://{shown}:{port}/", flush=True)

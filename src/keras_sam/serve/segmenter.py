@@ -48,6 +48,18 @@ class Segmenter:
             self._current = entry
             return entry
 
+    def warm_up(self) -> None:
+        """Trace the encoder and the decoder for the first prompts a page
+        sends (one click, one box) on a blank picture, so that the first
+        real ones answer at once."""
+        entry = self.encode(np.zeros((64, 64, 3), np.uint8))
+        self.predict(
+            entry, points=[[32, 32]], labels=[1], box=None, multimask=True
+        )
+        self.predict(
+            entry, points=[], labels=[], box=[8, 8, 40, 40], multimask=False
+        )
+
     def _select(self, entry: ImageEntry) -> None:
         if self._current is not entry:
             self._current = None
