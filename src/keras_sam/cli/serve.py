@@ -105,9 +105,10 @@ def run(parser, args) -> int:
         )
         # Requests wait for it (the model's lock); the address is usable
         # at once.
-        threading.Thread(
+        warm_up = threading.Thread(
             target=app.state.segmenter.warm_up, daemon=True
-        ).start()
+        )
+        warm_up.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"http://{shown}:{port}/", flush=True)
@@ -119,5 +120,8 @@ def run(parser, args) -> int:
             # uvicorn shuts down on Ctrl-C, then raises it again: for a
             # server that is the normal way to stop
             pass
+        # A backend still tracing in a thread while Python exits aborts
+        # the process: let the warm-up finish first.
+        warm_up.join()
     log("stopped")
     return 0
