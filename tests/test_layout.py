@@ -28,6 +28,7 @@ ROOMS = (
     "models",
     "export",
     "visualize",
+    "serve",
     "cli",
 )
 BACKENDS = ("jax", "tensorflow", "torch")

@@ -9,6 +9,7 @@ Subcommands:
     info     the architecture and size of a checkpoint
     export   the model as ONNX, LiteRT or SavedModel files
     demo     segment a held-out shapes picture with the bundled model
+    serve    a web page to click on pictures, and its HTTP API
 
 `--backend` is applied before Keras is imported. Results go to stdout,
 progress and logs to stderr. Each subcommand is a module of this package
@@ -34,6 +35,7 @@ from keras_sam.cli import embed
 from keras_sam.cli import export
 from keras_sam.cli import info
 from keras_sam.cli import segment
+from keras_sam.cli import serve
 from keras_sam.cli.common import describe
 from keras_sam.cli.common import log
 
@@ -69,6 +71,7 @@ SUBCOMMANDS = {
     "convert": convert,
     "info": info,
     "export": export,
+    "serve": serve,
 }
 
 VERBOSE_HELP = "show the traceback of a failure (also: $KERAS_SAM_DEBUG=1)"

@@ -171,6 +171,7 @@ def run(parser, args) -> int:
         return 0
     model = load_model(parser, args)
     from keras_sam import visualize  # noqa: I001
+    from keras_sam.inference.amg_utils import coco_document
     from keras_sam.inference.amg_utils import rle_to_mask
     from keras_sam.inference.automatic_mask_generator import (
         SAMAutomaticMaskGenerator,
@@ -220,22 +221,9 @@ def run(parser, args) -> int:
         if not records:
             log(f"{path}: {why_no_masks(generator, args)}")
         h, w = image.shape[:2]
-        annotations = [
-            {"id": i, "image_id": 0, "category_id": 1, **record}
-            for i, record in enumerate(records)
-        ]
-        document = {
-            "images": [
-                {
-                    "id": 0,
-                    "file_name": os.path.abspath(path),
-                    "height": h,
-                    "width": w,
-                }
-            ],
-            "categories": [{"id": 1, "name": "object"}],
-            "annotations": annotations,
-        }
+        document = coco_document(
+            records, file_name=os.path.abspath(path), height=h, width=w
+        )
         masks = [rle_to_mask(r["segmentation"]) for r in records]
         picture = visualize.overlay(
             image,

@@ -328,6 +328,28 @@ def coco_encode_rle(rle: dict) -> dict:
     return encoded
 
 
+def coco_document(
+    records: list[dict], *, file_name: str, height: int, width: int
+) -> dict:
+    """COCO-style annotations of one picture's generator records.
+
+    One image (`id` 0), one category (`id` 1, "object"), and one
+    annotation per record: the record's keys (`segmentation`, `bbox`,
+    `area`, `predicted_iou`, ...) plus `id`, `image_id` and
+    `category_id`. What `keras-sam auto` writes and the server returns.
+    """
+    return {
+        "images": [
+            {"id": 0, "file_name": file_name, "height": height, "width": width}
+        ],
+        "categories": [{"id": 1, "name": "object"}],
+        "annotations": [
+            {"id": i, "image_id": 0, "category_id": 1, **record}
+            for i, record in enumerate(records)
+        ],
+    }
+
+
 def import_optional(module: str, package: str):
     """Import `module` of an optional dependency, or raise an ImportError
     with the `pip install` command that provides `package`."""
