@@ -28,6 +28,7 @@ ROOMS = (
     "models",
     "export",
     "visualize",
+    "bulk",
     "cli",
 )
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -37,6 +38,12 @@ EXPORT_IMPORTERS = {
     "onnx": {"backend.export"},
     "tf2onnx": {"backend.export"},
     "onnxruntime": {"export.onnx_predictor"},
+}
+
+# Ray (and the pyarrow it brings), and the only modules using them.
+BULK_IMPORTERS = {
+    "ray": {"bulk.pipeline"},
+    "pyarrow": {"bulk.listing", "bulk.outputs"},
 }
 
 
@@ -163,6 +170,17 @@ def test_only_the_exporters_import_onnx(package):
         name
         for name, path in MODULES.items()
         if name.removeprefix("keras_sam.") not in EXPORT_IMPORTERS[package]
+        and any(m.split(".")[0] == package for m, _ in _imports(path))
+    ]
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("package", sorted(BULK_IMPORTERS))
+def test_only_bulk_runs_import_ray(package):
+    wrong = [
+        name
+        for name, path in MODULES.items()
+        if name.removeprefix("keras_sam.") not in BULK_IMPORTERS[package]
         and any(m.split(".")[0] == package for m, _ in _imports(path))
     ]
     assert not wrong, wrong
