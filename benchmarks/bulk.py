@@ -68,6 +68,7 @@ def main() -> None:
             outputs[name] = {f.name: f.read_bytes() for f in out.glob("*.json")}
             job = re.search(r"([\d.]+) s, ([\d.]+) pictures/s", result.stderr)
             rate = args.num_pictures / wall
+            print(f"{name}: {wall:.1f} s", file=sys.stderr, flush=True)
             single = single or rate
             rows.append(
                 (

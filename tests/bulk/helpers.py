@@ -17,9 +17,11 @@ def bundled_model():
 
 class KillOnce:
     """A model loader whose first call (across every actor: a flag file
-    created exclusively) kills its own actor process once a result has
-    appeared in `output`: a worker dying mid-run. The flag file records
-    the killed process id."""
+    created exclusively) kills its own actor process in the middle of
+    writing a picture's files (when one of its temporary files is in
+    `output`), or failing that, once a result has appeared there: a worker
+    dying mid-run. The flag file records the killed process id and when
+    ("mid-write" or "between pictures")."""
 
     def __init__(self, output: str, flag: str):
         self.output = output
@@ -37,8 +39,20 @@ class KillOnce:
         return model
 
     def _kill(self):
+        mine = f".{os.getpid()}."
+        first_result = None
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if any(n.endswith(".json") for n in os.listdir(self.output)):
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(0.02)
+            names = os.listdir(self.output)
+            if any(mine in n and ".part" in n for n in names):
+                self._die("mid-write")
+            if first_result is None and any(n.endswith(".json") for n in names):
+                first_result = time.monotonic()
+            if first_result is not None and time.monotonic() > first_result + 3:
+                self._die("between pictures")
+            time.sleep(0.002)
+
+    def _die(self, when: str):
+        with open(self.flag, "a") as f:
+            f.write(f" {when}")
+        os.kill(os.getpid(), signal.SIGKILL)

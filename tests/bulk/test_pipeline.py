@@ -102,7 +102,9 @@ def test_auto_on_ray_survives_a_killed_actor_and_matches_auto(
 
     # One actor was killed after results began to appear; Ray restarted
     # it and the job finished.
-    killed = int(flag.read_text())
+    killed, when = flag.read_text().split(" ", 1)
+    killed = int(killed)
+    print(f"actor {killed} killed {when}")
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)
     assert summary.pictures == 11 and summary.skipped == 0
