@@ -164,23 +164,14 @@ def test_only_backend_helpers_import_a_backend(backend):
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("package", sorted(EXPORT_IMPORTERS))
+@pytest.mark.parametrize("package", sorted(EXPORT_IMPORTERS | BULK_IMPORTERS))
 def test_only_the_exporters_import_onnx(package):
+    # and only the bulk runs import Ray
+    importers = (EXPORT_IMPORTERS | BULK_IMPORTERS)[package]
     wrong = [
         name
         for name, path in MODULES.items()
-        if name.removeprefix("keras_sam.") not in EXPORT_IMPORTERS[package]
-        and any(m.split(".")[0] == package for m, _ in _imports(path))
-    ]
-    assert not wrong, wrong
-
-
-@pytest.mark.parametrize("package", sorted(BULK_IMPORTERS))
-def test_only_bulk_runs_import_ray(package):
-    wrong = [
-        name
-        for name, path in MODULES.items()
-        if name.removeprefix("keras_sam.") not in BULK_IMPORTERS[package]
+        if name.removeprefix("keras_sam.") not in importers
         and any(m.split(".")[0] == package for m, _ in _imports(path))
     ]
     assert not wrong, wrong

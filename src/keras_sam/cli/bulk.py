@@ -37,25 +37,32 @@ def add_arguments(parser) -> None:
         help="join this Ray cluster (auto, HOST:PORT, ray://HOST:PORT; "
         "implies --ray; default: $RAY_ADDRESS, else a new local cluster)",
     )
-    group.add_argument(
-        "--num-actors",
-        type=number(int, 1),
-        default=1,
-        help="actors holding a model (default 1)",
-    )
-    group.add_argument(
+    for flag, kind, default, text in _NUMBERS:
+        group.add_argument(
+            flag,
+            type=number(kind, 0.0 if kind is float else 1),
+            default=default,
+            help=text,
+        )
+
+
+# flag, type, default, help
+_NUMBERS = (
+    ("--num-actors", int, 1, "actors holding a model (default 1)"),
+    (
         "--actor-cpus",
-        type=number(float, 0.0),
-        default=0.5,
-        help="CPUs reserved per actor (default 0.5: actors must leave CPUs "
-        "free for the read tasks, or the job waits forever)",
-    )
-    group.add_argument(
+        float,
+        0.5,
+        "CPUs reserved per actor (default 0.5: actors must leave CPUs free "
+        "for the read tasks, or the job waits forever)",
+    ),
+    (
         "--actor-gpus",
-        type=number(float, 0.0),
-        default=0.0,
-        help="GPUs per actor (default 0; 0.5 puts two actors on a GPU)",
-    )
+        float,
+        0.0,
+        "GPUs per actor (default 0; 0.5 puts two actors on a GPU)",
+    ),
+)
 
 
 def wanted(args) -> bool:
