@@ -170,13 +170,16 @@ def test_embed_with_ray_flag_writes_what_embed_writes(
     out, single = tmp_path / "out", tmp_path / "single"
     argv = ["embed", str(photos), "-r", "--preset", "sam_shapes"]
     assert cli.main([*argv, "-o", str(out), "--ray"]) == 0
-    stderr = capsys.readouterr().err
-    assert "3 picture(s): 3 done, 0 failed" in stderr
+    captured = capsys.readouterr()
+    assert "3 picture(s): 3 done, 0 failed" in captured.err
     assert cli.main([*argv, "-o", str(single)]) == 0
     capsys.readouterr()
     names = sorted(n for n in files(single))
     assert names == ["p00.png.embedding.npz", "p01.png.embedding.npz",
                      "sub/p00.png.embedding.npz"]  # fmt: skip
+    # stdout: each file written, as without --ray
+    printed = [x for x in captured.out.splitlines() if x.endswith(".npz")]
+    assert sorted(printed) == [str(out / n) for n in names]
     for name in names:
         ours = embeddings.load_embedding(out / name)
         theirs = embeddings.load_embedding(single / name)

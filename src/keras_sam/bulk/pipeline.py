@@ -213,6 +213,7 @@ def run_bulk(
     actor_gpus: float = 0.0,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> Summary:
     """Run `task` over `pictures` on the Ray cluster this process is
     connected to (`connect`, or `ray.init`; Ray starts a local one
@@ -246,8 +247,10 @@ def run_bulk(
             and the job waits forever.
         actor_gpus: GPUs per actor (a fraction shares one).
         overwrite: redo pictures already done.
-        log: called with progress lines (the manifest's place, the
-            summary); Ray Data draws its own progress bars on stderr.
+        log: called with progress lines (pictures skipped); Ray Data draws
+            its own progress bars on stderr.
+        on_record: called with each picture's manifest record as it
+            arrives, plus `"path"`: its marker file (path or URI).
 
     Returns:
         A `Summary`. The manifest `MANIFEST` in `output` gets one line per
@@ -318,6 +321,8 @@ def run_bulk(
                 "seconds": round(float(row["seconds"]), 3),
             }
             manifest.add(record)
+            if on_record is not None:
+                on_record({**record, "path": destination.uri(name + marker)})
             if error:
                 summary.failed.append((record["picture"], error))
             else:

@@ -125,6 +125,7 @@ def run(parser, args, task: str, generator_args: dict | None = None) -> int:
             actor_gpus=args.actor_gpus,
             overwrite=args.overwrite,
             log=log,
+            on_record=_print_done,
         )
     finally:
         if owner:
@@ -133,6 +134,12 @@ def run(parser, args, task: str, generator_args: dict | None = None) -> int:
         log(f"error: {error if picture in error else f'{picture}: {error}'}")
     log(summary.line())
     return 1 if summary.failed else 0
+
+
+def _print_done(record: dict) -> None:
+    """A finished picture's marker file on stdout, as without --ray."""
+    if record["status"] == "done":
+        print(record["path"], flush=True)
 
 
 def _name(target: str, output: str, suffix: str) -> str:
