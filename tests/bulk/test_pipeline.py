@@ -8,6 +8,7 @@ cores), so the checks share few runs."""
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def test_auto_on_ray_survives_a_killed_actor_and_matches_auto(
     # it and the job finished.
     killed, when = flag.read_text().split(" ", 1)
     killed = int(killed)
-    print(f"actor {killed} killed {when}")
+    # capsys holds stdout: tell the person running with -s which it was
+    print(f"actor {killed} killed {when}", file=sys.__stderr__)
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)
     assert summary.pictures == 11 and summary.skipped == 0
