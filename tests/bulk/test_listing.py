@@ -117,9 +117,12 @@ def test_run_bulk_checks_its_arguments():
         ({"task": "segment"}, "task"),
         ({"task": "auto", "num_actors": 0}, "num_actors"),
         ({"task": "auto", "actor_cpus": -1}, "actor_cpus"),
+        ({"task": "auto", "pictures": [("a", "../a")]}, "relative path"),
+        ({"task": "auto", "pictures": [("a", "x"), ("b", "x")]}, "'x'"),
     ]:
         with pytest.raises(ValueError, match=match):
-            pipeline.run_bulk([], "out", make_model=None, **kwargs)
+            kwargs.setdefault("pictures", [])
+            pipeline.run_bulk(output="out", make_model=None, **kwargs)
 
 
 def test_ray_flag_without_ray_says_how_to_install(

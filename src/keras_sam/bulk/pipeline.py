@@ -120,10 +120,6 @@ def _read(row: dict) -> dict:
     return {**row, "image": image, "error": error}
 
 
-def _file_name(source: str) -> str:
-    return source if listing.is_uri(source) else os.path.abspath(source)
-
-
 class _Worker:
     """A Ray actor: loads the model once, then segments (`auto`) or encodes
     (`embed`) the pictures of each batch and writes their files."""
@@ -182,9 +178,8 @@ class _Worker:
             paths = [os.path.join(folder, *n.split("/")) for n in names]
             if self.task == "auto":
                 records = self.generator.generate(image)
-                results.write_masks(
-                    image, records, _file_name(source), paths[1], paths[0]
-                )
+                # `source` is absolute (`run_bulk`), as `auto` names it
+                results.write_masks(image, records, source, paths[1], paths[0])
                 count = len(records)
             else:
                 from keras_sam.inference.embeddings import save_embedding
@@ -269,6 +264,7 @@ def run_bulk(
             "actor_cpus and actor_gpus must be >= 0. Received: "
             f"actor_cpus={actor_cpus}, actor_gpus={actor_gpus}"
         )
+    _check_names([name for _, name in pictures])
     log = log or (lambda _: None)
     destination = Destination(output)
     marker = suffixes(task)[-1]
@@ -334,6 +330,24 @@ def run_bulk(
         if not destination.remote:
             _remove_leftovers(destination, todo)
     return summary
+
+
+def _check_names(names: list[str]) -> None:
+    """Each picture's results get their own files below the output."""
+    seen = set()
+    for name in names:
+        parts = name.split("/")
+        if not name or name.startswith("/") or ".." in parts or "" in parts:
+            raise ValueError(
+                "a picture's name must be a relative path below the output "
+                f"folder. Received: {name!r}"
+            )
+        if name in seen:
+            raise ValueError(
+                f"two pictures have the name {name!r}; their results would "
+                "overwrite each other"
+            )
+        seen.add(name)
 
 
 def _absolute(source: str) -> str:
