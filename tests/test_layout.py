@@ -29,6 +29,7 @@ ROOMS = (
     "export",
     "visualize",
     "serve",
+    "bulk",
     "cli",
 )
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -38,6 +39,12 @@ EXPORT_IMPORTERS = {
     "onnx": {"backend.export"},
     "tf2onnx": {"backend.export"},
     "onnxruntime": {"export.onnx_predictor"},
+}
+
+# Ray (and the pyarrow it brings), and the only modules using them.
+BULK_IMPORTERS = {
+    "ray": {"bulk.pipeline"},
+    "pyarrow": {"bulk.listing", "bulk.outputs"},
 }
 
 
@@ -158,12 +165,14 @@ def test_only_backend_helpers_import_a_backend(backend):
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("package", sorted(EXPORT_IMPORTERS))
+@pytest.mark.parametrize("package", sorted(EXPORT_IMPORTERS | BULK_IMPORTERS))
 def test_only_the_exporters_import_onnx(package):
+    # and only the bulk runs import Ray
+    importers = (EXPORT_IMPORTERS | BULK_IMPORTERS)[package]
     wrong = [
         name
         for name, path in MODULES.items()
-        if name.removeprefix("keras_sam.") not in EXPORT_IMPORTERS[package]
+        if name.removeprefix("keras_sam.") not in importers
         and any(m.split(".")[0] == package for m, _ in _imports(path))
     ]
     assert not wrong, wrong

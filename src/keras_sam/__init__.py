@@ -27,6 +27,7 @@ _EXPORTS = {
     "convert": "keras_sam.convert",
     "inference": "keras_sam.inference",
     "training": "keras_sam.training",
+    "bulk": "keras_sam.bulk",
     # short names for the training rooms' public modules
     "datasets": "keras_sam.training.datasets",
     "losses": "keras_sam.training.losses",

@@ -2,6 +2,9 @@
 
 import os
 
+from keras_sam.bulk.results import JSON_SUFFIX
+from keras_sam.bulk.results import OVERLAY_SUFFIX
+from keras_sam.cli import bulk
 from keras_sam.cli.common import add_embeddings_argument
 from keras_sam.cli.common import add_model_arguments
 from keras_sam.cli.common import check_embeddings_folder
@@ -13,9 +16,6 @@ from keras_sam.cli.common import log
 from keras_sam.cli.common import number
 from keras_sam.cli.common import plan_outputs
 from keras_sam.cli.common import stored_embedding
-
-JSON_SUFFIX = ".json"
-OVERLAY_SUFFIX = ".overlay.png"
 
 # generator argument -> flag, for the line that says why no mask was kept
 THRESHOLD_FLAGS = {
@@ -97,6 +97,7 @@ def add_parser(sub) -> None:
     auto.add_argument(
         "--overwrite", action="store_true", help="redo images already done"
     )
+    bulk.add_arguments(auto)
 
 
 def plan(parser, args) -> list[tuple[str, str, str]]:
@@ -144,9 +145,28 @@ def why_no_masks(generator, args) -> str:
     )
 
 
+def generator_arguments(args) -> dict:
+    """`SAMAutomaticMaskGenerator` arguments from the generator flags."""
+    return {
+        "points_per_side": args.points_per_side,
+        "points_per_batch": args.points_per_batch,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "stability_score_offset": args.stability_score_offset,
+        "box_nms_thresh": args.box_nms_thresh,
+        "crop_n_layers": args.crop_n_layers,
+        "crop_nms_thresh": args.crop_nms_thresh,
+        "crop_overlap_ratio": args.crop_overlap_ratio,
+        "crop_n_points_downscale_factor": args.crop_n_points_downscale_factor,
+        "min_mask_region_area": args.min_mask_region_area,
+    }
+
+
 def run(parser, args) -> int:
     from keras_sam import io
 
+    if bulk.wanted(args):
+        return bulk.run(parser, args, "auto", generator_arguments(args))
     check_model_arguments(parser, args)
     check_embeddings_folder(parser, args)
     check_output_folder(parser, "-o/--output", args.output)
@@ -170,26 +190,14 @@ def run(parser, args) -> int:
     if not todo:
         return 0
     model = load_model(parser, args)
-    from keras_sam import visualize  # noqa: I001
-    from keras_sam.inference.amg_utils import coco_document
-    from keras_sam.inference.amg_utils import rle_to_mask
+    from keras_sam.bulk.results import write_masks  # noqa: I001
     from keras_sam.inference.automatic_mask_generator import (
         SAMAutomaticMaskGenerator,
     )
 
     generator = SAMAutomaticMaskGenerator(
         model,
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        stability_score_offset=args.stability_score_offset,
-        box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_n_layers,
-        crop_nms_thresh=args.crop_nms_thresh,
-        crop_overlap_ratio=args.crop_overlap_ratio,
-        crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
-        min_mask_region_area=args.min_mask_region_area,
+        **generator_arguments(args),
         output_mode="uncompressed_rle",
         progress=True,  # point batches on stderr: a large picture takes a while
     )
@@ -220,24 +228,9 @@ def run(parser, args) -> int:
             continue
         if not records:
             log(f"{path}: {why_no_masks(generator, args)}")
-        h, w = image.shape[:2]
-        document = coco_document(
-            records, file_name=os.path.abspath(path), height=h, width=w
-        )
-        masks = [rle_to_mask(r["segmentation"]) for r in records]
-        picture = visualize.overlay(
-            image,
-            masks,
-            scores=[r["predicted_iou"] for r in records],
-            legend=len(masks) <= 12,
-        )
-        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
-        # the .json last: it marks the picture done
-        with io.output_group() as group:
-            io.write_png(picture, png_path, group=group)
-            io.write_json(io.jsonable(document), json_path, group=group)
+        write_masks(image, records, os.path.abspath(path), json_path, png_path)
         print(json_path, flush=True)
-        del masks, records
+        del records
     if fingerprint is not None:
         log(
             f"used {reused} stored embedding(s) from {args.embeddings}, "

@@ -2,6 +2,7 @@
 
 import os
 
+from keras_sam.cli import bulk
 from keras_sam.cli.common import add_model_arguments
 from keras_sam.cli.common import check_model_arguments
 from keras_sam.cli.common import check_output_folder
@@ -59,12 +60,15 @@ def add_parser(sub) -> None:
     embed.add_argument(
         "--overwrite", action="store_true", help="redo images already done"
     )
+    bulk.add_arguments(embed)
 
 
 def run(parser, args) -> int:
     from keras_sam import io
     from keras_sam.inference.embeddings import SUFFIX
 
+    if bulk.wanted(args):
+        return bulk.run(parser, args, "embed")
     check_model_arguments(parser, args)
     check_output_folder(parser, "-o/--output", args.output)
     jobs = [
