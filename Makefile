@@ -6,7 +6,7 @@ BACKENDS ?= jax torch tensorflow
 BENCH_BACKEND ?= tensorflow
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,19 @@ lint: $(VENV)/.test-installed
 # stops torch's OpenMP threads spinning while NumPy's BLAS uses the cores.
 INTEGRATION_BACKEND ?= tensorflow
 PYTEST_WORKERS ?= 2
-test: $(VENV)/.test-installed lint
+# The page's browser test (tests/serve/test_page.py) drives Debian's
+# Chromium through Playwright (which cannot download browsers here): apt
+# installs it when missing, as root; otherwise that test fails, not skips.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && apt-get install -y chromium; \
+	  else \
+	    echo "chromium is missing (apt-get install chromium as root):" \
+	      "tests/serve/test_page.py will fail" >&2; \
+	  fi; }
+
+test: $(VENV)/.test-installed lint browser
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  if [ $$b = $(INTEGRATION_BACKEND) ]; then sel="integration or not integration"; \
