@@ -11,7 +11,7 @@ from keras_sam.inference.automatic_mask_generator import (
     SAMAutomaticMaskGenerator,
 )
 from keras_sam.inference.predictor import SAMPredictor
-from keras_sam.prompts import check_prompts
+from keras_sam.inference.user_prompts import check_prompts
 from keras_sam.serve.sessions import ImageEntry
 
 
