@@ -29,6 +29,35 @@ def _image_shape(value, patch_size: int) -> tuple[int, int, int]:
     return shape
 
 
+def build_neck(channels: int, policy) -> keras.Sequential:
+    """SAM's neck to `channels`: 1x1 conv (no bias), LayerNorm, 3x3 conv
+    (no bias, zero padding 1), LayerNorm; both norms over channels with
+    epsilon 1e-6 (the official `LayerNorm2d`). Shared by the image
+    encoders."""
+    return keras.Sequential(
+        [
+            keras.layers.Conv2D(
+                channels, 1, use_bias=False, dtype=policy, name="conv_0"
+            ),
+            keras.layers.LayerNormalization(
+                epsilon=1e-6, dtype=policy, name="norm_0"
+            ),
+            keras.layers.Conv2D(
+                channels,
+                3,
+                padding="same",
+                use_bias=False,
+                dtype=policy,
+                name="conv_1",
+            ),
+            keras.layers.LayerNormalization(
+                epsilon=1e-6, dtype=policy, name="norm_1"
+            ),
+        ],
+        name="neck",
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_sam")
 class SAMImageEncoder(keras.layers.Layer):
     """Image encoder of the Segment Anything Model (SAM): ViTDet.
@@ -189,29 +218,7 @@ class SAMImageEncoder(keras.layers.Layer):
             )
             for i in range(self.num_layers)
         ]
-        c = self.num_output_channels
-        self.neck = keras.Sequential(
-            [
-                keras.layers.Conv2D(
-                    c, 1, use_bias=False, dtype=policy, name="conv_0"
-                ),
-                keras.layers.LayerNormalization(
-                    epsilon=1e-6, dtype=policy, name="norm_0"
-                ),
-                keras.layers.Conv2D(
-                    c,
-                    3,
-                    padding="same",
-                    use_bias=False,
-                    dtype=policy,
-                    name="conv_1",
-                ),
-                keras.layers.LayerNormalization(
-                    epsilon=1e-6, dtype=policy, name="norm_1"
-                ),
-            ],
-            name="neck",
-        )
+        self.neck = build_neck(self.num_output_channels, policy)
 
     def build(self, images_shape=None):
         gh, gw = self.grid_size
