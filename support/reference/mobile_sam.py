@@ -193,5 +193,11 @@ def make_mobile_sam(
     return model.eval()
 
 
-def state_dict_numpy(module: torch.nn.Module) -> dict:
-    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+def state_dict(module: torch.nn.Module) -> dict:
+    """`module.state_dict()` without the BatchNorm step counters, as
+    `keras_sam.convert.checkpoint.read_state_dict` reads a saved file."""
+    return {
+        k: v
+        for k, v in module.state_dict().items()
+        if not k.endswith(".num_batches_tracked")
+    }
