@@ -621,8 +621,11 @@ def check_architecture(
                 f"The SAM configuration must have a dict `{part}`. "
                 f"Received: {part}={_short(config.get(part))}"
             )
+    tiny_vit = "hidden_sizes" in config["image_encoder"]
+    if tiny_vit:
+        tiny_vit_mapping.check_tiny_vit(config["image_encoder"])
     for part, key, index, vit_h, minimum in _VIT_H_SIZES:
-        if key not in config[part]:
+        if key not in config[part] or (tiny_vit and part == "image_encoder"):
             continue
         value = config[part][key]
         label = f"{part}.{key}"

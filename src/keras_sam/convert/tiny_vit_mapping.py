@@ -153,7 +153,7 @@ def detect_tiny_vit(keys, shape) -> dict:
             "`state_dict` has one TinyViT stage (image_encoder.layers.0); "
             "MobileSAM has a convolutional stage and attention stages."
         )
-    widths, depths, heads, windows, ratios = [], [], [], [], set()
+    widths, depths, heads, windows, ratios = [], [], [], [], []
     for i in stages:
         blocks = _stage_indices(keys, f"{p}layers.{i}.blocks.")
         depths.append(_bounded(f"layers.{i} depth", len(blocks), _MAX_DEPTH))
@@ -199,6 +199,55 @@ def detect_tiny_vit(keys, shape) -> dict:
         )[-1],
         "num_output_channels": shape(p + "neck.0.weight", 4)[0],
     }
+
+
+def check_tiny_vit(config) -> None:
+    """Refuse a `TinyViTImageEncoder` configuration larger than any this
+    package builds: at most 8 stages, each at most 2560 wide, 64 blocks
+    deep, 32 heads, windows of 64, strides 1 or 2, ratios of 8, images of
+    2048 pixels and 6 channels, 512 output channels.
+
+    Raises:
+        ValueError: naming the first value out of bounds.
+    """
+    limits = {
+        "hidden_sizes": _MAX_WIDTH,
+        "num_layers": _MAX_DEPTH,
+        "num_heads": _MAX_HEADS,
+        "window_sizes": _MAX_WINDOW,
+        "downsample_strides": 2,
+        "image_shape": 2048,
+    }
+    for key, limit in limits.items():
+        values = config.get(key, ())
+        if not isinstance(values, (list, tuple)) or len(values) > 8:
+            raise ValueError(
+                f"`image_encoder.{key}` must be a list of at most 8 "
+                f"integers. Received: {str(values)[:60]}"
+            )
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(
+                    f"`image_encoder.{key}[{i}]` must be an integer. "
+                    f"Received: {str(value)[:60]}"
+                )
+            bound = 6 if key == "image_shape" and i == 2 else limit
+            _bounded(f"image_encoder.{key}[{i}]", value, bound)
+    for key in ("mlp_ratio", "mbconv_expansion_ratio"):
+        value = config.get(key, 4.0)
+        if not isinstance(value, (int, float)) or not 0 < value <= 8:
+            raise ValueError(
+                f"`image_encoder.{key}` must be a number in (0, 8]. "
+                f"Received: {str(value)[:60]}"
+            )
+    for key, limit in (("local_conv_size", 15), ("num_output_channels", 512)):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"`image_encoder.{key}` must be an integer. "
+                f"Received: {str(value)[:60]}"
+            )
+        _bounded(f"image_encoder.{key}", value, limit)
 
 
 def tiny_vit_grid(config) -> tuple[int, int]:
