@@ -72,7 +72,7 @@ set_image_without_torchvision = official.set_image_without_torchvision
 # the last merging at stride 1; everything else is shrunk. Our names.
 SMALL = dict(
     hidden_sizes=(16, 32, 40, 320),
-    num_layers=(1, 1, 2, 1),
+    num_layers=(1, 1, 1, 1),
     num_heads=(2, 5, 5),
     window_sizes=(7, 14, 7),
     downsample_strides=(2, 2, 1),
