@@ -119,11 +119,11 @@ def _saved_state(saved, tmp_path, edit) -> str:
 
 
 def test_missing_weight_is_named(saved, tmp_path):
-    key = "image_encoder.layers.2.blocks.1.mlp.fc2.weight"
+    key = "image_encoder.layers.2.blocks.0.mlp.fc2.weight"
     path = _saved_state(saved, tmp_path, lambda s: s.pop(key))
     with pytest.raises(ValueError, match="missing keys") as info:
         SAM.from_checkpoint(path)
-    assert path in str(info.value) and "layers.2.blocks.1.mlp.fc2" in str(
+    assert path in str(info.value) and "layers.2.blocks.0.mlp.fc2" in str(
         info.value
     )
 
