@@ -2,7 +2,6 @@
 in ONNX Runtime as in Keras."""
 
 import keras
-import numpy as np
 import pytest
 
 from support.fixtures import smooth_image
@@ -31,30 +30,27 @@ DECODER = dict(
 )
 
 
-def test_tiny_vit_exports_and_matches_keras(tmp_path):
+def test_tiny_vit_image_encoder_exports_and_matches_keras(tmp_path):
+    # The decoder's export does not depend on the image encoder: only the
+    # encoder is exported here.
     if keras.backend.backend() != "tensorflow":
         pytest.fail("the exporters run on the TensorFlow backend")
-    from keras_sam.export import OnnxPredictor
-    from keras_sam.export import export_decoder_onnx
+    import onnxruntime
+
     from keras_sam.export import export_image_encoder_onnx
+    from keras_sam.export import interface
     from keras_sam.inference.predictor import SAMPredictor
     from keras_sam.models.sam import SAM
 
     model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
     model.build()
-    export_decoder_onnx(model, tmp_path / "decoder.onnx")
-    export_image_encoder_onnx(model, tmp_path / "image_encoder.onnx")
-    image = smooth_image((120, 90, 3))
+    path = tmp_path / "image_encoder.onnx"
+    export_image_encoder_onnx(model, path)
+    # Long side 64, the model's input size: the predictor's resize keeps it.
+    image = smooth_image((64, 48, 3))
     ours = SAMPredictor(model)
     ours.set_image(image)
-    onnx = OnnxPredictor(tmp_path)
-    onnx.set_image(image)
+    session = onnxruntime.InferenceSession(path)
+    (embedding,) = session.run(None, {interface.IMAGE_ENCODER_INPUTS[0]: image})
     expected = ours.get_image_embedding().transpose(0, 3, 1, 2)
-    helpers.assert_close(
-        onnx.get_image_embedding(), expected, helpers.PREDICTOR_RTOL
-    )
-    box = np.array([10.0, 20.0, 70.0, 100.0])
-    _, scores, low = onnx.predict(box=box, return_logits=True)
-    _, ref_scores, ref_low = ours.predict(box=box, return_logits=True)
-    helpers.assert_close(low, ref_low, helpers.PREDICTOR_RTOL, "low")
-    helpers.assert_close(scores, ref_scores, helpers.PREDICTOR_RTOL, "scores")
+    helpers.assert_close(embedding, expected, helpers.PREDICTOR_RTOL)
