@@ -11,7 +11,6 @@ path rate is 0, so none is built).
 """
 
 import sys
-import types
 
 import numpy as np
 import torch
@@ -44,14 +43,7 @@ def _install_timm_stub() -> None:
         },
         "timm.models.registry": {"register_model": lambda fn: fn},
     }
-    for name, attrs in modules.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attrs)
-        sys.modules[name] = module
-    for name in modules:
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, sys.modules[name])
+    official.install_stub_modules(modules)
 
 
 _install_timm_stub()

@@ -110,3 +110,41 @@ class Conv2DBatchNorm(keras.layers.Layer):
             }
         )
         return config
+
+
+def conv_sandwich(
+    inner: int, output: int, strides: int, policy
+) -> list[Conv2DBatchNorm]:
+    """1x1 to `inner`, 3x3 depthwise with `strides`, 1x1 to `output`:
+    the three `Conv2DBatchNorm`s (`conv1`, `conv2`, `conv3`) of `MBConv`
+    and `PatchMerging`."""
+    return [
+        Conv2DBatchNorm(filters=inner, dtype=policy, name="conv1"),
+        Conv2DBatchNorm(
+            filters=inner,
+            kernel_size=3,
+            strides=strides,
+            depthwise=True,
+            dtype=policy,
+            name="conv2",
+        ),
+        Conv2DBatchNorm(filters=output, dtype=policy, name="conv3"),
+    ]
+
+
+def build_in_sequence(layers, inputs_shape) -> tuple:
+    """Build `layers` one after the other from `inputs_shape`; returns the
+    last output shape."""
+    shape = tuple(inputs_shape)
+    for layer in layers:
+        layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+    return shape
+
+
+def apply_sandwich(convs, x, training=None):
+    """`conv_sandwich` layers with exact GELU after the first two."""
+    first, second, third = convs
+    x = ops.gelu(first(x, training=training), approximate=False)
+    x = ops.gelu(second(x, training=training), approximate=False)
+    return third(x, training=training)

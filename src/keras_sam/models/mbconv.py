@@ -5,7 +5,9 @@ import keras
 from keras import ops
 
 from keras_sam import checks
-from keras_sam.models.conv_batch_norm import Conv2DBatchNorm
+from keras_sam.models.conv_batch_norm import apply_sandwich
+from keras_sam.models.conv_batch_norm import build_in_sequence
+from keras_sam.models.conv_batch_norm import conv_sandwich
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -42,29 +44,17 @@ class MBConv(keras.layers.Layer):
         self.hidden_size = int(hidden_size)
         self.expansion_ratio = float(expansion_ratio)
         inner = int(self.hidden_size * self.expansion_ratio)
-        policy = self.dtype_policy
-        self.conv1 = Conv2DBatchNorm(filters=inner, dtype=policy, name="conv1")
-        self.conv2 = Conv2DBatchNorm(
-            filters=inner,
-            kernel_size=3,
-            depthwise=True,
-            dtype=policy,
-            name="conv2",
-        )
-        self.conv3 = Conv2DBatchNorm(
-            filters=self.hidden_size, dtype=policy, name="conv3"
+        self.conv1, self.conv2, self.conv3 = conv_sandwich(
+            inner, self.hidden_size, 1, self.dtype_policy
         )
 
     def build(self, inputs_shape):
-        shape = tuple(inputs_shape)
-        for conv in (self.conv1, self.conv2, self.conv3):
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        build_in_sequence((self.conv1, self.conv2, self.conv3), inputs_shape)
 
     def call(self, inputs, training=None):
-        x = ops.gelu(self.conv1(inputs, training=training), approximate=False)
-        x = ops.gelu(self.conv2(x, training=training), approximate=False)
-        x = self.conv3(x, training=training)
+        x = apply_sandwich(
+            (self.conv1, self.conv2, self.conv3), inputs, training
+        )
         return ops.gelu(x + inputs, approximate=False)  # (B, H, W, C)
 
     def compute_output_shape(self, inputs_shape):

@@ -1,10 +1,11 @@
 """TinyViT's downsampling between stages (`PatchMerging`)."""
 
 import keras
-from keras import ops
 
 from keras_sam import checks
-from keras_sam.models.conv_batch_norm import Conv2DBatchNorm
+from keras_sam.models.conv_batch_norm import apply_sandwich
+from keras_sam.models.conv_batch_norm import build_in_sequence
+from keras_sam.models.conv_batch_norm import conv_sandwich
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -35,32 +36,16 @@ class PatchMerging(keras.layers.Layer):
         checks.integer("strides", strides, 1)
         self.output_dim = int(output_dim)
         self.strides = int(strides)
-        policy = self.dtype_policy
-        self.conv1 = Conv2DBatchNorm(
-            filters=self.output_dim, dtype=policy, name="conv1"
-        )
-        self.conv2 = Conv2DBatchNorm(
-            filters=self.output_dim,
-            kernel_size=3,
-            strides=self.strides,
-            depthwise=True,
-            dtype=policy,
-            name="conv2",
-        )
-        self.conv3 = Conv2DBatchNorm(
-            filters=self.output_dim, dtype=policy, name="conv3"
+        self.conv1, self.conv2, self.conv3 = conv_sandwich(
+            self.output_dim, self.output_dim, self.strides, self.dtype_policy
         )
 
     def build(self, inputs_shape):
-        shape = tuple(inputs_shape)
-        for conv in (self.conv1, self.conv2, self.conv3):
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
+        build_in_sequence((self.conv1, self.conv2, self.conv3), inputs_shape)
 
     def call(self, inputs, training=None):
-        x = ops.gelu(self.conv1(inputs, training=training), approximate=False)
-        x = ops.gelu(self.conv2(x, training=training), approximate=False)
-        return self.conv3(x, training=training)  # (B, H', W', output_dim)
+        convs = (self.conv1, self.conv2, self.conv3)
+        return apply_sandwich(convs, inputs, training)  # (B, H', W', out)
 
     def compute_output_shape(self, inputs_shape):
         shape = tuple(inputs_shape)

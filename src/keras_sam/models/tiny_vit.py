@@ -7,7 +7,9 @@ from keras import ops
 
 from keras_sam import checks
 from keras_sam.models.conv_batch_norm import Conv2DBatchNorm
+from keras_sam.models.conv_batch_norm import build_in_sequence
 from keras_sam.models.image_encoder import build_neck
+from keras_sam.models.image_encoder import check_images_shape
 from keras_sam.models.mbconv import MBConv
 from keras_sam.models.patch_merging import PatchMerging
 from keras_sam.models.tiny_vit_block import TinyViTBlock
@@ -216,25 +218,11 @@ class TinyViTImageEncoder(keras.layers.Layer):
                 yield self.downsamples[i]
 
     def build(self, images_shape=None):
-        shape = (None,) + self.image_shape
-        for layer in self._in_order():
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
+        shape = build_in_sequence(self._in_order(), (None,) + self.image_shape)
         self.neck.build(shape)
 
-    def _check_shape(self, shape: tuple) -> None:
-        checks.check_rank("images", shape, 4, "(B, H, W, 3)")
-        for axis, what in ((1, "height"), (2, "width"), (3, "channels")):
-            checks.check_dim(
-                "images",
-                shape,
-                axis,
-                self.image_shape[axis - 1],
-                f"{what} (image_shape)",
-            )
-
     def call(self, images, training=None):
-        self._check_shape(checks.static_shape(images))
+        check_images_shape(checks.static_shape(images), self.image_shape)
         x = ops.cast(images, self.compute_dtype)
         first, second = self.patch_embed
         x = ops.gelu(first(x, training=training), approximate=False)
@@ -247,7 +235,7 @@ class TinyViTImageEncoder(keras.layers.Layer):
         return self.neck(x)  # (B, He, We, num_output_channels)
 
     def compute_output_shape(self, images_shape):
-        self._check_shape(tuple(images_shape))
+        check_images_shape(tuple(images_shape), self.image_shape)
         return (images_shape[0],) + self.grid_size + (self.num_output_channels,)
 
     def get_config(self):
