@@ -130,18 +130,22 @@ def test_loading_is_all_or_nothing(toy):
     module = reference.tiny_vit_module(TOY)
     before = [np.array(w) for w in toy.get_weights()]
     state = reference.state_dict(module)
-    del state["head.weight"]  # present in every official TinyViT
+    del state["layers.2.blocks.0.mlp.fc1.bias"]
     state["layers.1.blocks.0.attn.attention_biases"] = torch.zeros(2, 50)
     with pytest.raises(ValueError) as info:
         keras_sam.load_official_weights(toy, state)
     message = str(info.value)
-    assert "missing keys (1): head.weight" in message
+    assert "missing keys (1): layers.2.blocks.0.mlp.fc1.bias" in message
     assert "layers.1.blocks.0.attn.attention_biases: (2, 50)" in message
     for old, new in zip(before, toy.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
-    del state["layers.1.blocks.0.attn.attention_biases"]
-    state["head.weight"] = module.head.weight
-    with pytest.raises(ValueError, match="missing keys"):
+    # The unused classifier head is optional; anything else is not.
+    state = reference.state_dict(module)
+    for key in HEAD_KEYS:
+        del state[key]
+    keras_sam.load_official_weights(toy, state)
+    state["head.extra"] = module.head.weight
+    with pytest.raises(ValueError, match="unexpected keys .1.: head.extra"):
         keras_sam.load_official_weights(toy, state)
 
 

@@ -8,7 +8,8 @@ running statistics) is a `Conv2DBatchNorm` (`conv`, `bn` with
 `moving_mean`/`moving_variance`). The classifier head that `TinyViT`
 keeps from ImageNet pre-training (`head`, `norm_head`) is never used by
 MobileSAM's forward pass: its rows are `UNUSED`, consumed without a
-target so that every key of the file is still accounted for.
+target if present (every key of the file is still accounted for), and not
+required.
 
 `detect_tiny_vit` reads the encoder's configuration from the shapes of a
 MobileSAM state dict (keys `image_encoder.*`).

@@ -51,8 +51,9 @@ TRANSFORMS = {
     "conv2d": _conv2d,
     "conv2d_transpose": _conv2d_transpose,
 }
-# The transform of a row whose source key must be present but is assigned
-# to nothing (weights the source model keeps but never uses).
+# The transform of a row whose source key is assigned to nothing (weights
+# the source model keeps but never uses): consumed if present, never
+# required.
 UNUSED = "unused"
 
 

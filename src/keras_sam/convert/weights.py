@@ -171,12 +171,10 @@ def _plan(target, source: Mapping, table) -> tuple[list, list[str]]:
     used = set()
     for row in table:
         if row.transform == torch_mapping.UNUSED:
-            # A key the source model keeps but never uses: must be there,
-            # assigned to nothing.
+            # A key the source model keeps but never uses: consumed if
+            # there, assigned to nothing.
             if row.torch_key in source:
                 used.add(row.torch_key)
-            else:
-                missing.append(row.torch_key)
             continue
         variable = variables.get(row.keras_path)
         if variable is None:
