@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import keras_sam
 from keras_sam.convert import checkpoint
 from keras_sam.inference.predictor import SAMPredictor
 from keras_sam.models.sam import SAM
@@ -100,6 +101,33 @@ def test_keras_safetensors_round_trip(pair, tmp_path):
     for a, b in zip(model.weights, loaded.weights, strict=True):
         assert a.path == b.path
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_loading_is_all_or_nothing(saved, pair):
+    encoder = pair[0].model.image_encoder
+    module = saved[0].image_encoder
+    before = [np.array(w) for w in encoder.get_weights()]
+    state = reference.state_dict(module)
+    del state["layers.2.blocks.0.mlp.fc1.bias"]
+    state["layers.1.blocks.0.attn.attention_biases"] = torch.zeros(2, 50)
+    with pytest.raises(ValueError) as info:
+        keras_sam.load_official_weights(encoder, state)
+    message = str(info.value)
+    assert "missing keys (1): layers.2.blocks.0.mlp.fc1.bias" in message
+    assert "layers.1.blocks.0.attn.attention_biases: (2, 50)" in message
+    for old, new in zip(before, encoder.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    # The unused classifier head is optional (reloading the same weights);
+    # anything else is not.
+    state = reference.state_dict(module)
+    for key in ("head.weight", "head.bias", "norm_head.weight"):
+        del state[key]
+    keras_sam.load_official_weights(encoder, state)
+    for old, new in zip(before, encoder.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    state["head.extra"] = module.head.weight
+    with pytest.raises(ValueError, match="unexpected keys .1.: head.extra"):
+        keras_sam.load_official_weights(encoder, state)
 
 
 def test_truncated_file_is_refused(saved, tmp_path):
