@@ -94,6 +94,40 @@ def time_fn(fn, num_warmup: int, num_iters: int) -> float:
     return statistics.median(times)
 
 
+def run_children(script: str, systems, args, extra=()) -> dict:
+    """Run `script --system NAME` once per system in a fresh process, with
+    the timing arguments of `args` and `extra`; each child prints its
+    result as JSON on its last stdout line. Returns `{system: result}`."""
+    import json
+    import subprocess
+
+    results = {}
+    for system in systems:
+        command = [
+            sys.executable,
+            os.path.abspath(script),
+            "--system",
+            system,
+            "--threads",
+            str(args.threads),
+            "--num-warmup",
+            str(args.num_warmup),
+            "--num-iters",
+            str(args.num_iters),
+            "--device",
+            args.device,
+            *extra,
+        ]
+        if args.backend:
+            command += ["--backend", args.backend]
+        print(f"running {system} ...", file=sys.stderr)
+        out = subprocess.run(
+            command, check=True, capture_output=True, text=True
+        )
+        results[system] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
 def table(rows: list[tuple], headers: tuple) -> str:
     widths = [
         max(len(str(h)), *(len(str(r[i])) for r in rows))

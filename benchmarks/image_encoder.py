@@ -15,7 +15,6 @@ Run from the repository root:
 
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,33 +102,14 @@ def main(argv=None) -> int:
         return 0
 
     _common.setup_env_only(args)
-    results = {}
-    for system in SYSTEMS:
-        if system == "official torch.compile" and args.no_torch_compile:
-            continue
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--system",
-            system,
-            "--threads",
-            str(args.threads),
-            "--num-warmup",
-            str(args.num_warmup),
-            "--num-iters",
-            str(args.num_iters),
-            "--device",
-            args.device,
-            "--preset",
-            args.preset,
-        ]
-        if args.backend:
-            command += ["--backend", args.backend]
-        print(f"running {system} ...", file=sys.stderr)
-        out = subprocess.run(
-            command, check=True, capture_output=True, text=True
-        )
-        results[system] = json.loads(out.stdout.strip().splitlines()[-1])
+    systems = [
+        system
+        for system in SYSTEMS
+        if not (system == "official torch.compile" and args.no_torch_compile)
+    ]
+    results = _common.run_children(
+        __file__, systems, args, ("--preset", args.preset)
+    )
 
     ours = results["ours"]["ms"]
     rows = [

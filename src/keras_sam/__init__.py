@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SAM": "keras_sam.models.sam",
     "SAMImageEncoder": "keras_sam.models.image_encoder",
+    "TinyViTImageEncoder": "keras_sam.models.tiny_vit",
     "SAMMaskDecoder": "keras_sam.layers.mask_decoder",
     "SAMPromptEncoder": "keras_sam.layers.prompt_encoder",
     "SAMPredictor": "keras_sam.inference.predictor",

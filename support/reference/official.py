@@ -75,6 +75,12 @@ def _install_torchvision_stub() -> None:
             "box_area": box_area,
         },
     }
+    install_stub_modules(modules)
+
+
+def install_stub_modules(modules: dict) -> None:
+    """Register `{dotted name: attributes}` as modules in `sys.modules`,
+    each set as an attribute of its parent (parents listed first)."""
     for name, attrs in modules.items():
         module = types.ModuleType(name)
         module.__dict__.update(attrs)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_sam import io
+from keras_sam.convert import tiny_vit_mapping
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -143,6 +144,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     under `"model"` or `"state_dict"` (checked in this order; the other
     entries of such a wrapper, e.g. optimizer state, are ignored). bfloat16
     and float16 tensors become float32 arrays; float32 and float64 are kept.
+    BatchNorm step counters (`*.num_batches_tracked`, one int64 each, in
+    MobileSAM's TinyViT) are dropped: they are no weights.
 
     The file cannot make the reader allocate much beyond its own size:
     before any tensor is read, the sizes the file declares (safetensors
@@ -437,6 +440,19 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
             'possibly under a "model" or "state_dict" key)'
         )
     floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    # BatchNorm's step counter (MobileSAM's TinyViT): one integer, no
+    # weight; dropped.
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if not (
+            isinstance(k, str)
+            and k.endswith(".num_batches_tracked")
+            and isinstance(v, torch.Tensor)
+            and v.dtype == torch.int64
+            and v.numel() == 1
+        )
+    }
     declared = 0
     # Every tensor checked before any is converted (which may copy).
     for key, value in state_dict.items():
@@ -639,8 +655,11 @@ def check_architecture(
                 f"The SAM configuration must have a dict `{part}`. "
                 f"Received: {part}={_short(config.get(part))}"
             )
+    tiny_vit = "hidden_sizes" in config["image_encoder"]
+    if tiny_vit:
+        tiny_vit_mapping.check_tiny_vit(config["image_encoder"])
     for part, key, index, vit_h, minimum in _VIT_H_SIZES:
-        if key not in config[part]:
+        if key not in config[part] or (tiny_vit and part == "image_encoder"):
             continue
         value = config[part][key]
         label = f"{part}.{key}"
@@ -825,7 +844,14 @@ def detect_architecture(
             "`mask_decoder_num_heads` must be a positive integer. Received: "
             f"mask_decoder_num_heads={_short(mask_decoder_num_heads)}"
         )
-    missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
+    # MobileSAM: a TinyViT image encoder under SAM's other two parts.
+    tiny_vit = tiny_vit_mapping.is_tiny_vit(state_dict)
+    missing = [
+        k
+        for k in _REQUIRED_KEYS
+        if k not in state_dict
+        and not (tiny_vit and k.startswith("image_encoder."))
+    ]
     if missing:
         raise ValueError(
             "`state_dict` is not an official SAM state dict; missing keys "
@@ -840,17 +866,21 @@ def detect_architecture(
     def shape(key: str, ndim: int | None = None) -> tuple[int, ...]:
         return _shape(key, state_dict[key], ndim)
 
-    encoder = _detect_image_encoder(
-        keys,
-        shape,
-        num_heads=image_encoder_num_heads,
-        window_size=window_size,
-        global_indices=global_attention_layer_indices,
-    )
-    grid = (
-        encoder["image_shape"][0] // encoder["patch_size"],
-        encoder["image_shape"][1] // encoder["patch_size"],
-    )
+    if tiny_vit:
+        encoder = tiny_vit_mapping.detect_tiny_vit(keys, shape)
+        grid = tiny_vit_mapping.tiny_vit_grid(encoder)
+    else:
+        encoder = _detect_image_encoder(
+            keys,
+            shape,
+            num_heads=image_encoder_num_heads,
+            window_size=window_size,
+            global_indices=global_attention_layer_indices,
+        )
+        grid = (
+            encoder["image_shape"][0] // encoder["patch_size"],
+            encoder["image_shape"][1] // encoder["patch_size"],
+        )
     prompt = {
         "hidden_size": shape("prompt_encoder.no_mask_embed.weight")[1],
         "image_embedding_size": grid,

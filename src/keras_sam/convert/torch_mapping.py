@@ -38,12 +38,23 @@ def _conv2d_transpose(x: np.ndarray) -> np.ndarray:
     return x.transpose(2, 3, 1, 0)
 
 
+def _depthwise_conv2d(x: np.ndarray) -> np.ndarray:
+    # torch depthwise Conv2d (C, 1, kh, kw) -> Keras DepthwiseConv2D
+    # (kh, kw, C, 1).
+    return x.transpose(2, 3, 0, 1)
+
+
 TRANSFORMS = {
     "identity": _identity,
+    "depthwise_conv2d": _depthwise_conv2d,
     "linear": _linear,
     "conv2d": _conv2d,
     "conv2d_transpose": _conv2d_transpose,
 }
+# The transform of a row whose source key is assigned to nothing (weights
+# the source model keeps but never uses): consumed if present, never
+# required.
+UNUSED = "unused"
 
 
 def dense_rows(torch_prefix: str, keras_prefix: str) -> list[Row]:

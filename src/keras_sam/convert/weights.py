@@ -5,6 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from keras_sam.convert import image_encoder_mapping
+from keras_sam.convert import tiny_vit_mapping
 from keras_sam.convert import torch_mapping
 from keras_sam.convert.checkpoint import as_array
 
@@ -22,6 +23,7 @@ _TARGETS = {
         "image_encoder.",
         image_encoder_mapping.image_encoder_table,
     ),
+    "TinyViTImageEncoder": ("image_encoder.", tiny_vit_mapping.tiny_vit_table),
 }
 _PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
@@ -170,6 +172,12 @@ def _plan(target, source: Mapping, table) -> tuple[list, list[str]]:
     assignments = []
     used = set()
     for row in table:
+        if row.transform == torch_mapping.UNUSED:
+            # A key the source model keeps but never uses: consumed if
+            # there, assigned to nothing.
+            if row.torch_key in source:
+                used.add(row.torch_key)
+            continue
         variable = variables.get(row.keras_path)
         if variable is None:
             unknown.append(row.keras_path)
@@ -190,7 +198,7 @@ def _plan(target, source: Mapping, table) -> tuple[list, list[str]]:
             continue
         assignments.append((variable, value))
     unexpected = sorted(set(source) - used - set(missing))
-    covered = {row.keras_path for row in table}
+    covered = {row.keras_path for row in table if row.keras_path}
     unassigned += sorted(set(variables) - covered)
     problems = []
     for title, items in (

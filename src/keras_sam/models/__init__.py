@@ -10,6 +10,7 @@ _EXPORTS = {
     "PRESETS": "keras_sam.models.presets",
     "SAM": "keras_sam.models.sam",
     "SAMImageEncoder": "keras_sam.models.image_encoder",
+    "TinyViTImageEncoder": "keras_sam.models.tiny_vit",
 }
 
 __all__ = sorted(_EXPORTS)

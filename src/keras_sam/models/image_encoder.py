@@ -29,6 +29,48 @@ def _image_shape(value, patch_size: int) -> tuple[int, int, int]:
     return shape
 
 
+def check_images_shape(shape: tuple, image_shape: tuple) -> None:
+    """Refuse `images` whose shape is not `(B,) + image_shape`."""
+    checks.check_rank("images", shape, 4, "(B, H, W, 3)")
+    for axis, what in ((1, "height"), (2, "width"), (3, "channels")):
+        checks.check_dim(
+            "images",
+            shape,
+            axis,
+            image_shape[axis - 1],
+            f"{what} (image_shape)",
+        )
+
+
+def build_neck(channels: int, policy) -> keras.Sequential:
+    """SAM's neck to `channels`: 1x1 conv (no bias), LayerNorm, 3x3 conv
+    (no bias, zero padding 1), LayerNorm; both norms over channels with
+    epsilon 1e-6 (the official `LayerNorm2d`). Shared by the image
+    encoders."""
+    return keras.Sequential(
+        [
+            keras.layers.Conv2D(
+                channels, 1, use_bias=False, dtype=policy, name="conv_0"
+            ),
+            keras.layers.LayerNormalization(
+                epsilon=1e-6, dtype=policy, name="norm_0"
+            ),
+            keras.layers.Conv2D(
+                channels,
+                3,
+                padding="same",
+                use_bias=False,
+                dtype=policy,
+                name="conv_1",
+            ),
+            keras.layers.LayerNormalization(
+                epsilon=1e-6, dtype=policy, name="norm_1"
+            ),
+        ],
+        name="neck",
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_sam")
 class SAMImageEncoder(keras.layers.Layer):
     """Image encoder of the Segment Anything Model (SAM): ViTDet.
@@ -189,29 +231,7 @@ class SAMImageEncoder(keras.layers.Layer):
             )
             for i in range(self.num_layers)
         ]
-        c = self.num_output_channels
-        self.neck = keras.Sequential(
-            [
-                keras.layers.Conv2D(
-                    c, 1, use_bias=False, dtype=policy, name="conv_0"
-                ),
-                keras.layers.LayerNormalization(
-                    epsilon=1e-6, dtype=policy, name="norm_0"
-                ),
-                keras.layers.Conv2D(
-                    c,
-                    3,
-                    padding="same",
-                    use_bias=False,
-                    dtype=policy,
-                    name="conv_1",
-                ),
-                keras.layers.LayerNormalization(
-                    epsilon=1e-6, dtype=policy, name="norm_1"
-                ),
-            ],
-            name="neck",
-        )
+        self.neck = build_neck(self.num_output_channels, policy)
 
     def build(self, images_shape=None):
         gh, gw = self.grid_size
@@ -227,19 +247,8 @@ class SAMImageEncoder(keras.layers.Layer):
             block.build((None, gh, gw, self.hidden_size))
         self.neck.build((None, gh, gw, self.hidden_size))
 
-    def _check_shape(self, shape: tuple) -> None:
-        checks.check_rank("images", shape, 4, "(B, H, W, 3)")
-        for axis, what in ((1, "height"), (2, "width"), (3, "channels")):
-            checks.check_dim(
-                "images",
-                shape,
-                axis,
-                self.image_shape[axis - 1],
-                f"{what} (image_shape)",
-            )
-
     def call(self, images):
-        self._check_shape(checks.static_shape(images))
+        check_images_shape(checks.static_shape(images), self.image_shape)
         x = self.patch_embed(ops.cast(images, self.compute_dtype))
         if self.use_abs_pos:
             x = x + ops.cast(self.pos_embed, x.dtype)  # (B, H/p, W/p, C)
@@ -248,7 +257,7 @@ class SAMImageEncoder(keras.layers.Layer):
         return self.neck(x)  # (B, H/p, W/p, num_output_channels)
 
     def compute_output_shape(self, images_shape):
-        self._check_shape(tuple(images_shape))
+        check_images_shape(tuple(images_shape), self.image_shape)
         return (images_shape[0],) + self.grid_size + (self.num_output_channels,)
 
     def get_config(self):

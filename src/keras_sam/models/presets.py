@@ -68,6 +68,31 @@ PRESETS = {
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         size=2_564_550_879,
     ),
+    # MobileSAM: SAM's prompt encoder and decoder with a TinyViT-5M image
+    # encoder (its official `build_sam_vit_t`); SAM's 1024-pixel input and
+    # pixel statistics.
+    "mobile_sam": dict(
+        image_encoder=dict(
+            hidden_sizes=(64, 128, 160, 320),
+            num_layers=(2, 2, 6, 2),
+            num_heads=(4, 5, 10),
+            window_sizes=(7, 14, 7),
+            downsample_strides=(2, 2, 1),
+            image_shape=(1024, 1024, 3),
+            mlp_ratio=4.0,
+            mbconv_expansion_ratio=4.0,
+            local_conv_size=3,
+            num_output_channels=256,
+        ),
+        prompt_encoder=_PROMPT_ENCODER,
+        mask_decoder=_MASK_DECODER,
+        url=(
+            "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/"
+            "master/weights/mobile_sam.pt"
+        ),
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        size=None,
+    ),
     "sam_shapes": dict(
         image_encoder=dict(
             hidden_size=128,

@@ -11,6 +11,7 @@ from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
 from keras_sam.models.presets import PRESETS
+from keras_sam.models.tiny_vit import TinyViTImageEncoder
 from keras_sam.prompts import prompt_tensors
 from keras_sam.prompts import prompts_per_image
 from keras_sam.prompts import split_per_image
@@ -91,6 +92,13 @@ def decode_prompts(
     return mask_decoder(image_embeddings=image_embeddings, **prompts)
 
 
+def image_encoder_class(config: dict) -> type:
+    """The image encoder class whose constructor arguments `config` holds:
+    `TinyViTImageEncoder` (MobileSAM) for per-stage `hidden_sizes`, else
+    `SAMImageEncoder`."""
+    return TinyViTImageEncoder if "hidden_sizes" in config else SAMImageEncoder
+
+
 @keras.saving.register_keras_serializable(package="keras_sam")
 class SAM(SAMTrainer, keras.Model):
     """Segment Anything Model: image encoder + prompt encoder + mask decoder.
@@ -100,7 +108,8 @@ class SAM(SAMTrainer, keras.Model):
     `call` chains the three.
 
     Args:
-        image_encoder: a `SAMImageEncoder`.
+        image_encoder: a `SAMImageEncoder` or (MobileSAM) a
+            `TinyViTImageEncoder`.
         prompt_encoder: a `SAMPromptEncoder`.
         mask_decoder: a `SAMMaskDecoder`.
 
@@ -132,7 +141,7 @@ class SAM(SAMTrainer, keras.Model):
     def __init__(
         self,
         *,
-        image_encoder: SAMImageEncoder,
+        image_encoder: SAMImageEncoder | TinyViTImageEncoder,
         prompt_encoder: SAMPromptEncoder,
         mask_decoder: SAMMaskDecoder,
         **kwargs,
@@ -269,7 +278,7 @@ class SAM(SAMTrainer, keras.Model):
     ) -> "SAM":
         """Build from the constructor arguments of the three parts."""
         return cls(
-            image_encoder=SAMImageEncoder(
+            image_encoder=image_encoder_class(image_encoder)(
                 **image_encoder, name="image_encoder"
             ),
             prompt_encoder=SAMPromptEncoder(
