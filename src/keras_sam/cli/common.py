@@ -65,7 +65,8 @@ def check_model_arguments(parser, args) -> None:
             f"--preset: unknown preset {args.preset!r}; available: "
             f"{', '.join(sorted(PRESETS))}"
         )
-    if args.checkpoint is not None:
+    # A folder may be a Hugging Face or KerasHub checkpoint.
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
         check_input_file(parser, "--checkpoint", args.checkpoint)
 
 
