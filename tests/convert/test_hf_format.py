@@ -36,7 +36,10 @@ def _copy(folder, tmp_path):
 def _ours(model, images, points=None, labels=None, boxes=None, multi=True):
     """Our model on the prompt `huggingface.run` gets (the padding point
     appended without a box, as the official prompt encoder does)."""
-    embeddings = model.encode_image(images.transpose(0, 2, 3, 1))
+    # Compiled: eager JAX dispatches op by op (minutes for these cases).
+    embeddings = helpers.to_numpy(
+        model.compiled_method("encode_image")(images.transpose(0, 2, 3, 1))
+    )
     kwargs = {}
     if points is not None:
         if boxes is None:
@@ -46,10 +49,10 @@ def _ours(model, images, points=None, labels=None, boxes=None, multi=True):
         kwargs["labels"] = labels[None].astype("float32")
     if boxes is not None:
         kwargs["boxes"] = boxes.reshape(1, 1, 2, 2).astype("float32")
-    out = model.decode(embeddings, **kwargs)
+    out = model.compiled_method("decode")(embeddings, **kwargs)
     picked = slice(1, None) if multi else slice(0, 1)
     return {
-        "image_embeddings": helpers.to_numpy(embeddings),
+        "image_embeddings": embeddings,
         "masks": helpers.to_numpy(out["masks"])[:, picked],
         "iou_pred": helpers.to_numpy(out["iou_pred"])[:, picked],
     }
