@@ -234,3 +234,46 @@ def test_folder_without_weights_or_config(hf_folder, tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(ValueError, match="neither a Hugging Face"):
         keras_sam.SAM.from_checkpoint(folder)
+
+
+def _same_weights(a, b):
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(helpers.to_numpy(x), helpers.to_numpy(y))
+
+
+def test_info_names_the_format_and_convert_writes_official(
+    hf_folder, tmp_path, capsys
+):
+    from keras_sam import cli
+
+    for path, assumed in (
+        (hf_folder, {}),
+        (hf_folder / "model.safetensors", {"mask_decoder.num_heads": 8}),
+    ):
+        assert cli.main(["info", str(path)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["format"], info["assumed"]) == ("huggingface", assumed)
+        assert info["tensors"] == 174  # the official names: the tie undone
+    out = tmp_path / "official.safetensors"
+    assert cli.main(["convert", str(hf_folder), "-o", str(out)]) == 0
+    # The official layout cannot record the decoder's 2 heads: said so.
+    assert "mask_decoder_num_heads=2" in capsys.readouterr().err
+    assert cli.main(["info", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "official"
+    _same_weights(
+        keras_sam.SAM.from_checkpoint(hf_folder),
+        keras_sam.SAM.from_checkpoint(out, mask_decoder_num_heads=2),
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["convert", str(hf_folder), "-o", str(hf_folder / "x.pth")])
+    with pytest.raises(SystemExit):
+        cli.main(
+            [
+                "convert",
+                str(hf_folder),
+                "-o",
+                str(hf_folder / "x.safetensors"),
+            ]
+        )
+    assert "inside the input CHECKPOINT folder" in capsys.readouterr().err
+    assert not (hf_folder / "x.safetensors").exists()

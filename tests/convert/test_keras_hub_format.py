@@ -192,3 +192,25 @@ def test_shard_outside_the_folder_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="not a .weights.h5 file of its"):
         h5_weights.read_sharded_weights(tmp_path / "model.weights.json")
+
+
+def test_info_names_the_format_and_convert_writes_official(
+    presets, tmp_path, capsys
+):
+    from keras_sam import cli
+
+    _, whole, sharded = presets
+    for path in (whole, sharded):
+        assert cli.main(["info", str(path)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["format"], info["assumed"]) == ("keras_hub", {})
+    for suffix in (".safetensors", ".weights.h5"):
+        out = tmp_path / f"official{suffix}"
+        assert cli.main(["convert", str(whole), "-o", str(out)]) == 0
+        capsys.readouterr()
+    loaded = keras_sam.SAM.from_checkpoint(whole)
+    back = keras_sam.SAM.from_checkpoint(
+        tmp_path / "official.safetensors", mask_decoder_num_heads=2
+    )
+    for x, y in zip(loaded.weights, back.weights, strict=True):
+        np.testing.assert_array_equal(helpers.to_numpy(x), helpers.to_numpy(y))
