@@ -115,17 +115,7 @@ def test_every_hf_name_translates_to_an_official_one(hf_model):
     names = set(hf_mapping.official_state_dict(hf_model.state_dict()))
     # An official Sam of the same depths has exactly these names.
     sam = official.make_sam(
-        dict(
-            hidden_size=32,
-            num_layers=2,
-            intermediate_dim=64,
-            num_heads=2,
-            global_attention_layer_indices=(1,),
-            image_shape=(64, 64, 3),
-            patch_size=8,
-            num_output_channels=16,
-            window_size=4,
-        ),
+        {**helpers.TINY_64_ENCODER, "patch_size": 8, "num_output_channels": 16},
         prompt_dim=16,
         decoder_mlp_dim=32,
     )

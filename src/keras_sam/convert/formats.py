@@ -116,6 +116,16 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _check_heads(path: Path, stored, heads) -> None:
+    """Refuse a `mask_decoder_num_heads` other than config.json's."""
+    if stored is not None and heads not in (None, stored):
+        raise ValueError(
+            f"`mask_decoder_num_heads` disagrees with the {stored} heads in "
+            f"the config.json of {str(path)!r}. Received: "
+            f"mask_decoder_num_heads={heads}"
+        )
+
+
 def _config_json(folder: Path) -> dict | None:
     path = folder / "config.json"
     return _read_json(path) if path.is_file() else None
@@ -195,12 +205,7 @@ def _huggingface(path: Path, state, config: Mapping, heads) -> Checkpoint:
     except ValueError as e:
         raise ValueError(f"Checkpoint {str(path)!r}: {e}") from e
     stored = detect.pop("mask_decoder_num_heads", None)
-    if stored is not None and heads not in (None, stored):
-        raise ValueError(
-            f"`mask_decoder_num_heads` disagrees with the {stored} heads in "
-            f"the config.json of {str(path)!r}. Received: "
-            f"mask_decoder_num_heads={heads}"
-        )
+    _check_heads(path, stored, heads)
     found = _official(
         path,
         official,
@@ -347,13 +352,7 @@ def _is_keras_hub(folder: Path) -> bool:
 
 def _read_keras_hub_folder(folder: Path, heads) -> Checkpoint:
     config = _keras_hub_config(folder, _config_json(folder))
-    stored = config["mask_decoder"].get("num_heads")
-    if heads not in (None, stored):
-        raise ValueError(
-            f"`mask_decoder_num_heads` disagrees with the {stored} heads in "
-            f"the config.json of {str(folder)!r}. Received: "
-            f"mask_decoder_num_heads={heads}"
-        )
+    _check_heads(folder, config["mask_decoder"].get("num_heads"), heads)
     if (folder / "model.weights.h5").is_file():
         arrays = h5_weights.read_weights_h5(folder / "model.weights.h5")
     elif (folder / "model.weights.json").is_file():
