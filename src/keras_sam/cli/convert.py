@@ -3,7 +3,7 @@
 import os
 
 from keras_sam.cli.common import H5_CONFIG_ATTRIBUTE
-from keras_sam.cli.common import check_input_file
+from keras_sam.cli.common import check_checkpoint_path
 from keras_sam.cli.common import check_output_folder
 from keras_sam.cli.common import log
 
@@ -43,9 +43,8 @@ def add_parser(sub) -> None:
 def run(parser, args) -> int:
     from keras_sam import io
 
+    check_checkpoint_path(parser, "CHECKPOINT", args.checkpoint)
     source_is_folder = os.path.isdir(args.checkpoint)
-    if not source_is_folder:
-        check_input_file(parser, "CHECKPOINT", args.checkpoint)
     out = args.output
     if not out.endswith(SUFFIXES):
         parser.error(

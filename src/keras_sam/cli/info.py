@@ -30,13 +30,13 @@ def run(parser, args) -> int:
 
     import numpy as np
 
+    from keras_sam.cli.common import check_checkpoint_path
     from keras_sam.convert import checkpoint
     from keras_sam.models.presets import PRESETS
     from keras_sam.models.sam import KERAS_SAFETENSORS_FORMAT
 
     path = args.checkpoint
-    if not os.path.exists(path):
-        parser.error(f"CHECKPOINT: no such file or folder: {path}")
+    check_checkpoint_path(parser, "CHECKPOINT", path)
     if (
         os.path.isfile(path)
         and checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT
