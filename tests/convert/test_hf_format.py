@@ -84,7 +84,7 @@ def test_hf_checkpoint_matches_sam_model(hf_model, hf_folder):
                 )
 
 
-def test_weights_file_alone_and_pytorch_bin_load_the_same(
+def test_weights_file_alone_pytorch_bin_and_shards_load_the_same(
     hf_model, hf_folder, tmp_path
 ):
     from_folder = keras_sam.SAM.from_checkpoint(hf_folder)
@@ -94,7 +94,12 @@ def test_weights_file_alone_and_pytorch_bin_load_the_same(
     shutil.copy(hf_folder / "config.json", binary)
     torch.save(hf_model.state_dict(), binary / "pytorch_model.bin")
     from_bin = keras_sam.SAM.from_checkpoint(binary)
-    for other in (alone, from_bin):
+    sharded = tmp_path / "sharded"
+    hf_model.save_pretrained(sharded, max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert not (sharded / "model.safetensors").exists()
+    from_shards = keras_sam.SAM.from_checkpoint(sharded)
+    for other in (alone, from_bin, from_shards):
         for a, b in zip(from_folder.weights, other.weights, strict=True):
             np.testing.assert_array_equal(
                 helpers.to_numpy(a), helpers.to_numpy(b)
