@@ -1,13 +1,42 @@
 """transformers' `SamModel` as an oracle: a tiny seeded model and its
 outputs on given prompts (NCHW in, channels-last out)."""
 
+import sys
+
 import numpy as np
 import torch
-from transformers import SamConfig
-from transformers import SamMaskDecoderConfig
-from transformers import SamModel
-from transformers import SamPromptEncoderConfig
-from transformers import SamVisionConfig
+
+
+def _import_transformers_sam():
+    """transformers' SAM classes, imported with `official`'s torchvision
+    stub (if installed) out of sight: transformers would take the stub for
+    torchvision and import what it lacks."""
+    stub = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == "torchvision" or name.startswith("torchvision.")
+    }
+    try:
+        import transformers
+
+        return (
+            transformers.SamConfig,
+            transformers.SamMaskDecoderConfig,
+            transformers.SamModel,
+            transformers.SamPromptEncoderConfig,
+            transformers.SamVisionConfig,
+        )
+    finally:
+        sys.modules.update(stub)
+
+
+(
+    SamConfig,
+    SamMaskDecoderConfig,
+    SamModel,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+) = _import_transformers_sam()
 
 IMAGE_SIZE = 64
 
