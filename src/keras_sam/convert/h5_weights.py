@@ -127,7 +127,7 @@ def _collect(h5py, path: Path, group, prefix: str, out: dict, depth: int):
                 f"Refusing weights file {str(path)!r}: dataset {full!r} has "
                 f"dtype {item.dtype}, but SAM weights are floating point."
             )
-        if 0 in item.shape or item.shape is None:
+        if item.shape is None or 0 in item.shape:
             raise ValueError(
                 f"Refusing weights file {str(path)!r}: dataset {full!r} has "
                 f"shape {item.shape}, empty, which no SAM weight is."
