@@ -36,6 +36,10 @@ TRANSFORM_RTOL = 1e-5
 # Predictor end to end (image encoder + prompts + decoder), low-res logits
 # and scores: issue 4 asks for 1e-4.
 PREDICTOR_RTOL = 1e-4
+# Our decoder vs keras-hub's, same weights (a random-weight KerasHub preset
+# whose hypernetwork outputs are one channel, so masks are small and carry
+# the attention's float32 rounding): measured worst 5.7e-5 (TensorFlow).
+KERAS_HUB_DECODER_RTOL = 1e-4
 # Thresholded masks may differ only where the official logit is this close
 # to the 0.0 threshold.
 MASK_LOGIT_MARGIN = 1e-3

@@ -66,7 +66,7 @@ def check_model_arguments(parser, args) -> None:
             f"{', '.join(sorted(PRESETS))}"
         )
     if args.checkpoint is not None:
-        check_input_file(parser, "--checkpoint", args.checkpoint)
+        check_checkpoint_path(parser, "--checkpoint", args.checkpoint)
 
 
 def check_input_file(parser, flag: str, path: str) -> None:
@@ -79,6 +79,20 @@ def check_input_file(parser, flag: str, path: str) -> None:
         parser.error(f"{flag}: {path} is not a regular file")
     if not os.access(path, os.R_OK):
         parser.error(f"{flag}: cannot read {path} (permission denied)")
+
+
+def check_checkpoint_path(parser, flag: str, path: str) -> None:
+    """A usage error unless `path` is an existing file, or a folder with a
+    config.json (a Hugging Face or KerasHub checkpoint)."""
+    if os.path.isdir(path) and not os.path.isfile(
+        os.path.join(path, "config.json")
+    ):
+        parser.error(
+            f"{flag}: {path} is a folder, but no Hugging Face or KerasHub "
+            "checkpoint (it has no config.json)"
+        )
+    if not os.path.isdir(path):
+        check_input_file(parser, flag, path)
 
 
 def check_output_folder(parser, flag: str, path: str) -> None:

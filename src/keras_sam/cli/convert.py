@@ -3,7 +3,7 @@
 import os
 
 from keras_sam.cli.common import H5_CONFIG_ATTRIBUTE
-from keras_sam.cli.common import check_input_file
+from keras_sam.cli.common import check_checkpoint_path
 from keras_sam.cli.common import check_output_folder
 from keras_sam.cli.common import log
 
@@ -13,11 +13,13 @@ SUFFIXES = (".safetensors", ".weights.h5")
 def add_parser(sub) -> None:
     convert = sub.add_parser(
         "convert",
-        help="convert an official checkpoint",
+        help="convert a checkpoint to the official layout or Keras weights",
         description=(
-            "Read an official SAM checkpoint (.pth, loaded without running "
-            "any code from it) and write it as .safetensors (the official "
-            "tensor names) or as Keras weights (.weights.h5, with the "
+            "Read a SAM checkpoint (an official .pth or .safetensors, a "
+            "Hugging Face SamModel folder or weights file, or a KerasHub "
+            "SAM preset folder, all loaded without running any code from "
+            "them) and write it as .safetensors (the official tensor names "
+            "and layouts) or as Keras weights (.weights.h5, with the "
             "architecture stored in the file's attribute "
             f"{H5_CONFIG_ATTRIBUTE!r}). Both load back with --checkpoint; "
             "Keras code can load the .weights.h5 with model.load_weights "
@@ -25,7 +27,11 @@ def add_parser(sub) -> None:
             "complete or not at all."
         ),
     )
-    convert.add_argument("checkpoint", help="official .pth or .safetensors")
+    convert.add_argument(
+        "checkpoint",
+        help="official .pth or .safetensors, Hugging Face SamModel folder "
+        "or file, or KerasHub preset folder",
+    )
     convert.add_argument(
         "-o",
         "--output",
@@ -37,7 +43,8 @@ def add_parser(sub) -> None:
 def run(parser, args) -> int:
     from keras_sam import io
 
-    check_input_file(parser, "CHECKPOINT", args.checkpoint)
+    check_checkpoint_path(parser, "CHECKPOINT", args.checkpoint)
+    source_is_folder = os.path.isdir(args.checkpoint)
     out = args.output
     if not out.endswith(SUFFIXES):
         parser.error(
@@ -54,13 +61,37 @@ def run(parser, args) -> int:
         parser.error(
             f"-o/--output: {out} is the input CHECKPOINT; give another name"
         )
-    from keras_sam.convert.checkpoint import detect_checkpoint_architecture
-    from keras_sam.convert.checkpoint import read_state_dict
+    if source_is_folder and os.path.realpath(folder) == os.path.realpath(
+        args.checkpoint
+    ):
+        parser.error(
+            f"-o/--output: {out} is inside the input CHECKPOINT folder; "
+            "give another folder"
+        )
+    from keras_sam.convert.checkpoint import OFFICIAL_MASK_DECODER_NUM_HEADS
+    from keras_sam.convert.formats import KERAS_HUB
+    from keras_sam.convert.formats import read_checkpoint
 
-    state = read_state_dict(args.checkpoint)
-    # An official layout (else a ValueError naming the file): what loads
-    # back with --checkpoint.
-    config = detect_checkpoint_architecture(args.checkpoint, state)
+    # Official names and layouts whatever the format (else a ValueError
+    # naming the path): what loads back with --checkpoint.
+    file_format, state, config, _ = read_checkpoint(args.checkpoint)
+    if file_format == KERAS_HUB:
+        from keras_sam.models.sam import SAM
+
+        # Its architecture comes from config.json, not from the shapes:
+        # load it once so that weights that do not fit are refused here.
+        log("checking the weights against config.json")
+        SAM.from_checkpoint(args.checkpoint)
+    heads = config["mask_decoder"]["num_heads"]
+    if heads != OFFICIAL_MASK_DECODER_NUM_HEADS and out.endswith(
+        ".safetensors"
+    ):
+        # The official layout has no place for it.
+        log(
+            f"warning: the mask decoder has {heads} heads, which official "
+            "safetensors do not record: load the file with "
+            f"mask_decoder_num_heads={heads}"
+        )
     io.remove_leftovers(folder)
     if out.endswith(".safetensors"):
         from keras_sam.convert.checkpoint import write_safetensors

@@ -8,16 +8,20 @@ def add_parser(sub) -> None:
         "info",
         help="architecture and size of a checkpoint",
         description=(
-            "Print, as JSON, the architecture, tensor and parameter counts "
-            "and matching preset of an official checkpoint (architecture "
-            "read from its tensor shapes; the mask decoder's head count, in "
-            "no shape, is assumed to be the official 8 and listed under "
-            '"assumed") or of a keras-sam safetensors file (architecture '
-            "read from its metadata)."
+            "Print, as JSON, the format, architecture, tensor and parameter "
+            "counts and matching preset of a checkpoint: an official one "
+            "(architecture read from its tensor shapes; the mask decoder's "
+            "head count, in no shape, is assumed to be the official 8 and "
+            'listed under "assumed"), a Hugging Face SamModel (folder or '
+            "weights file), a KerasHub SAM preset folder, or a keras-sam "
+            "safetensors file (architecture read from its metadata). "
+            "Tensors and parameters are counted in the official layout."
         ),
     )
     info.add_argument(
-        "checkpoint", help="official .pth or .safetensors, or keras-sam file"
+        "checkpoint",
+        help="official .pth or .safetensors, keras-sam file, Hugging Face "
+        "SamModel folder or file, or KerasHub preset folder",
     )
 
 
@@ -26,27 +30,27 @@ def run(parser, args) -> int:
 
     import numpy as np
 
+    from keras_sam.cli.common import check_checkpoint_path
     from keras_sam.convert import checkpoint
     from keras_sam.models.presets import PRESETS
     from keras_sam.models.sam import KERAS_SAFETENSORS_FORMAT
 
     path = args.checkpoint
-    if not os.path.isfile(path):
-        parser.error(f"CHECKPOINT: no such file: {path}")
-    if checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT:
+    check_checkpoint_path(parser, "CHECKPOINT", path)
+    if (
+        os.path.isfile(path)
+        and checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT
+    ):
         state = checkpoint.read_state_dict(path)
         config = checkpoint.read_metadata_config(path, state)
         file_format = KERAS_SAFETENSORS_FORMAT
         assumed = {}
     else:
-        state = checkpoint.read_state_dict(path)
-        heads = checkpoint.OFFICIAL_MASK_DECODER_NUM_HEADS
-        config = checkpoint.detect_checkpoint_architecture(
-            path, state, mask_decoder_num_heads=heads
-        )
-        file_format = "official"
-        # In no tensor shape: what SAM.from_checkpoint uses unless told.
-        assumed = {"mask_decoder.num_heads": heads}
+        from keras_sam.convert.formats import read_checkpoint
+
+        # What SAM.from_checkpoint reads, in official names; "assumed"
+        # holds what it uses unless told (in no file).
+        file_format, state, config, assumed = read_checkpoint(path)
     preset = next(
         (
             name

@@ -364,7 +364,10 @@ class SAM(SAMTrainer, keras.Model):
         with the official tensor names) gives its architecture by its tensor
         shapes (`keras_sam.convert.checkpoint.detect_architecture`); a
         keras-sam safetensors file (`save_keras_safetensors`, such as the
-        bundled `sam_shapes` weights) by the config it stores. The file is
+        bundled `sam_shapes` weights) by the config it stores. A Hugging
+        Face `SamModel` checkpoint (its folder or weights file) and a
+        KerasHub SAM preset folder load too (`keras_sam.convert.formats`,
+        docs/checkpoints.md). The file is
         read safely (`keras_sam.convert.checkpoint.read_state_dict`): nothing
         in it runs, and sizes the file cannot hold, weights that are not
         finite floats, and architectures beyond twice ViT-H's are refused
@@ -380,10 +383,11 @@ class SAM(SAMTrainer, keras.Model):
         decoder must be loaded with `mask_decoder_num_heads=4`.
 
         Args:
-            path: The checkpoint file.
+            path: The checkpoint file or folder.
             mask_decoder_num_heads: Attention heads of the mask decoder's
                 two-way transformer. None: 8, the value of every official
-                checkpoint; for a keras-sam file, the value it stores (a
+                checkpoint; for a keras-sam file, a Hugging Face
+                `config.json` or a KerasHub preset, the value it stores (a
                 different one is refused).
             use_cache: Whether a PyTorch file is read through the cache of
                 checkpoints already read (`keras_sam.convert.cache`: the
@@ -399,12 +403,14 @@ class SAM(SAMTrainer, keras.Model):
         from keras_sam.backend.variables import build_without_values
         from keras_sam.backend.variables import discard_pending
         from keras_sam.backend.variables import initialize_pending
-        from keras_sam.convert import cache
         from keras_sam.convert import checkpoint
 
         use_compile_cache()
         name = str(path)
-        if checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT:
+        if (
+            os.path.isfile(path)
+            and checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT
+        ):
             # Config, tensors and sizes checked before anything is built.
             config = checkpoint.read_metadata_config(
                 path, checkpoint.read_state_dict(path)
@@ -418,16 +424,15 @@ class SAM(SAMTrainer, keras.Model):
                 )
             build = cls.from_keras_safetensors
         else:
-            state = cache.read_checkpoint(path, use_cache=use_cache)
-            config = checkpoint.detect_checkpoint_architecture(
+            from keras_sam.convert.formats import read_checkpoint
+
+            # Official, Hugging Face or KerasHub: official names and config.
+            found = read_checkpoint(
                 path,
-                state,
-                mask_decoder_num_heads=(
-                    checkpoint.OFFICIAL_MASK_DECODER_NUM_HEADS
-                    if mask_decoder_num_heads is None
-                    else mask_decoder_num_heads
-                ),
+                mask_decoder_num_heads=mask_decoder_num_heads,
+                use_cache=use_cache,
             )
+            state, config = found.state, found.config
 
             def build(path):
                 model = cls.from_config_dicts(**config)
