@@ -135,6 +135,27 @@ def _conv_case(rng, torch_cls, keras_cls, transform, c_in, c_out, size):
     return layer(x), official.nchw_to_nhwc(official.to_numpy(ref))
 
 
+def _depthwise_case(rng):
+    """A depthwise convolution (torch `groups=C`, Keras DepthwiseConv2D),
+    as TinyViT's MBConv blocks have."""
+    torch.manual_seed(0)
+    module = torch.nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=4)
+    layer = keras.layers.DepthwiseConv2D(3, padding="same")
+    layer.build((None, 6, 7, 4))
+    layer.set_weights(
+        [
+            torch_mapping.TRANSFORMS["depthwise_conv2d"](
+                official.to_numpy(module.weight)
+            ),
+            official.to_numpy(module.bias),
+        ]
+    )
+    x = rng.normal(size=(2, 6, 7, 4)).astype("float32")
+    with torch.no_grad():
+        ref = module(torch.from_numpy(official.nhwc_to_nchw(x)))
+    return layer(x), official.nchw_to_nhwc(official.to_numpy(ref))
+
+
 def _identity_case(rng):
     """Norm and embedding parameters keep their layout."""
     torch.manual_seed(0)
@@ -162,6 +183,7 @@ def _identity_case(rng):
 
 TRANSFORM_CASES = {
     "identity": _identity_case,
+    "depthwise_conv2d": _depthwise_case,
     "linear": _linear_case,
     "conv2d": lambda rng: _conv_case(
         rng, torch.nn.Conv2d, keras.layers.Conv2D, "conv2d", 3, 5, 8

@@ -16,10 +16,8 @@ addition and layer norm, a bias and activation) as one fused kernel on
 TensorFlow, whose graphs otherwise run such work op by op, a pass over
 memory each (exact GELU is five); see its docstring.
 
-`use_persistent_cache(folder)` keeps compiled programs on disk across
-processes where the backend can: JAX's persistent compilation cache, and
-XLA's persistent cache of TensorFlow's `jit_compile` functions (the fused
-element-wise work; `tf.function` graphs themselves have no such cache).
+`use_persistent_cache(folder)` keeps JAX's compiled programs on disk across
+processes.
 
 This is the only module of the library that imports a backend directly.
 """
@@ -37,7 +35,6 @@ from keras_sam import io
 # this many bytes in all (least recently used removed first).
 JAX_CACHE_MIN_COMPILE_S = 0.2
 JAX_CACHE_MAX_BYTES = 512 << 20
-_TF_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
 
 def compile_inference(layer, fn):
@@ -102,59 +99,42 @@ def _jax(layer, fn):
 
 
 def use_persistent_cache(folder: str | os.PathLike) -> Path | None:
-    """Keep this backend's compiled programs in a folder below `folder`.
+    """Keep JAX's compiled programs in a folder below `folder`.
 
-    The folder is `<backend>-<version>-<machine>-<CPU>` (a hash of the CPU's
+    The folder is `jax-<version>-<machine>-<CPU>` (a hash of the CPU's
     feature flags), so that programs compiled by another version or for
     another processor are never loaded; it is created private (0o700) and
     used only if it belongs to this user and others cannot write in it: its
-    files are machine code that the backend runs.
+    files are machine code that JAX runs. Programs that took over
+    `JAX_CACHE_MIN_COMPILE_S` to compile are kept, `JAX_CACHE_MAX_BYTES`
+    in all (JAX removes the least recently used); a failed write (a full
+    disk) is a warning and the program runs. A cache directory already set
+    is left alone. The setting applies to the whole process.
 
-    - JAX: `jax_compilation_cache_dir`, for programs that took over
-      `JAX_CACHE_MIN_COMPILE_S` to compile, `JAX_CACHE_MAX_BYTES` in all
-      (JAX removes the least recently used). Left alone if already set.
-    - TensorFlow: XLA's persistent cache (`TF_XLA_FLAGS`
-      `--tf_xla_persistent_cache_directory`), which covers `jit_compile`
-      functions (`fuse_elementwise`) and takes effect only if TensorFlow
-      has not yet run an operation in this process. Left alone if the flag
-      is set already.
-    - PyTorch (eager): nothing.
-
-    Both settings apply to the whole process.
+    TensorFlow has none: XLA's persistent cache
+    (`--tf_xla_persistent_cache_directory`) fails the running graph when
+    an entry cannot be written, so a full disk would fail the user's
+    command. PyTorch (eager) compiles nothing.
 
     Returns:
         The folder used, or None (another backend, a folder that cannot be
         made private, or a setting already made).
     """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        if jax.config.jax_compilation_cache_dir:
-            return None
-        version = jax.__version__
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        if _TF_CACHE_FLAG in os.environ.get("TF_XLA_FLAGS", ""):
-            return None
-        version = tf.__version__
-    else:
+    if keras.backend.backend() != "jax":
         return None
-    name = f"{backend}-{version}-{platform.machine()}-{_cpu_id()}"
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return None
+    name = f"jax-{jax.__version__}-{platform.machine()}-{_cpu_id()}"
     path = Path(folder) / name
     if not io.private_folder(path, create=True):
         return None
-    if backend == "jax":
-        jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update(
-            "jax_persistent_cache_min_compile_time_secs",
-            JAX_CACHE_MIN_COMPILE_S,
-        )
-        jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
-    else:
-        flags = os.environ.get("TF_XLA_FLAGS", "")
-        os.environ["TF_XLA_FLAGS"] = f"{flags} {_TF_CACHE_FLAG}={path}".strip()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", JAX_CACHE_MIN_COMPILE_S
+    )
+    jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
     return path
 
 

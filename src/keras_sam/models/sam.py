@@ -25,8 +25,7 @@ def use_compile_cache() -> None:
     (`keras_sam.backend.compile.use_persistent_cache` in
     `keras_sam.convert.cache.compiled_dir()`), unless the caches are turned
     off (`$KERAS_SAM_NO_CACHE=1`). Done once per process, before the first
-    model is built or compiled (TensorFlow reads the setting before its
-    first operation)."""
+    model is built or compiled (JAX's only; see `use_persistent_cache`)."""
     global _COMPILE_CACHE_SET
     if _COMPILE_CACHE_SET:
         return
