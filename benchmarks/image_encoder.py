@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     title = f"Image encoder ({args.preset}), {h}x{w}, one image"
     if args.precision != "float32":
         title += f", ours in {args.precision}"
+    if args.ours_only:
+        title += ", ours only"
     _common.report(title, text, args)
     return 0
 
