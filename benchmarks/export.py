@@ -65,13 +65,7 @@ def main(argv=None) -> int:
 
     preset = PRESETS[args.preset]
     decoder_config = preset["mask_decoder"]
-    ref = official.make_sam(
-        preset["image_encoder"],
-        prompt_dim=preset["prompt_encoder"]["hidden_size"],
-        decoder_mlp_dim=decoder_config["intermediate_dim"],
-        decoder_heads=decoder_config["num_heads"],
-        seed=0,
-    )
+    ref = official.make_preset_sam(preset, seed=0)
     model = SAM.from_config_dicts(
         preset["image_encoder"], preset["prompt_encoder"], decoder_config
     )

@@ -286,6 +286,19 @@ def make_sam(
     return Sam(image_encoder, prompt_encoder, mask_decoder).eval()
 
 
+def make_preset_sam(preset: dict, seed: int = 0):
+    """A seeded official `Sam` with the architecture of one of our
+    `PRESETS` entries."""
+    decoder = preset["mask_decoder"]
+    return make_sam(
+        preset["image_encoder"],
+        prompt_dim=preset["prompt_encoder"]["hidden_size"],
+        decoder_mlp_dim=decoder["intermediate_dim"],
+        decoder_heads=decoder["num_heads"],
+        seed=seed,
+    )
+
+
 def set_image_without_torchvision(predictor, image: np.ndarray) -> None:
     """`SamPredictor.set_image` for an RGB uint8 image, minus torchvision.
 

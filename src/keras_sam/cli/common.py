@@ -40,8 +40,9 @@ def describe(error: BaseException) -> str:
     return text
 
 
-def add_model_arguments(group) -> None:
-    """`--checkpoint` and `--preset` in an argument group."""
+def add_model_arguments(group, *, precision: bool = True) -> None:
+    """`--checkpoint`, `--preset` and (unless `precision` is False)
+    `--precision` in an argument group."""
     from keras_sam.models.presets import PRESETS
 
     group.add_argument("--checkpoint", metavar="PATH", help=CHECKPOINT_HELP)
@@ -51,6 +52,16 @@ def add_model_arguments(group) -> None:
         help=f"one of {', '.join(sorted(PRESETS))}; downloads the official "
         "weights (cached) unless --checkpoint is given; sam_shapes is "
         "bundled",
+    )
+    if not precision:
+        return
+    group.add_argument(
+        "--precision",
+        choices=("float32", "bf16"),
+        default="float32",
+        help="bf16: the image encoder and the decoder compute in bfloat16 "
+        "(faster only on hardware with bfloat16 matrix instructions; "
+        "docs/precision.md); default float32",
     )
 
 
@@ -128,7 +139,8 @@ def load_model(parser, args):
     config = None
     if weights is not None and str(weights).endswith(".weights.h5"):
         config = _keras_weights_config(args, weights)
-    log(f"loading model ({args.checkpoint or args.preset})")
+    precision = getattr(args, "precision", "float32")
+    log(f"loading model ({args.checkpoint or args.preset}, {precision})")
     from keras_sam.models.sam import SAM
 
     if config is not None:
@@ -136,14 +148,17 @@ def load_model(parser, args):
             config["image_encoder"],
             config["prompt_encoder"],
             config["mask_decoder"],
+            precision=precision,
             name=args.preset or "sam",
         )
         model.build()
         model.load_weights(weights)
         return model
     if args.preset is not None:
-        return SAM.from_preset(args.preset, weights=weights or True)
-    return SAM.from_checkpoint(weights)
+        return SAM.from_preset(
+            args.preset, weights=weights or True, precision=precision
+        )
+    return SAM.from_checkpoint(weights, precision=precision)
 
 
 def _download(preset: dict):

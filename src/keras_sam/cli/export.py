@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
         ),
     )
     model = export.add_argument_group("model")
-    add_model_arguments(model)
+    # Exports are float32 graphs: no --precision.
+    add_model_arguments(model, precision=False)
     out = export.add_argument_group("output")
     out.add_argument(
         "--format",

@@ -10,6 +10,8 @@ from keras import ops
 from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
+from keras_sam.models.precision import dtype_policy
+from keras_sam.models.precision import precision_of_policy
 from keras_sam.models.presets import PRESETS
 from keras_sam.models.tiny_vit import TinyViTImageEncoder
 from keras_sam.prompts import prompt_tensors
@@ -190,9 +192,17 @@ class SAM(SAMTrainer, keras.Model):
                 layer.build()
         self.built = True
 
+    @property
+    def precision(self) -> str:
+        """`"float32"` or `"bfloat16"` (`keras_sam.models.precision`): the
+        image encoder's compute precision."""
+        return precision_of_policy(self.image_encoder.dtype_policy.name)
+
     def encode_image(self, images):
-        """`(B, H, W, 3)` pre-processed images -> `(B, He, We, C)`."""
-        return self.image_encoder(images)
+        """`(B, H, W, 3)` pre-processed images -> `(B, He, We, C)` float32."""
+        # float32 out whatever the policy: embeddings are stored and compared
+        # as float32, and NumPy has no bfloat16.
+        return ops.cast(self.image_encoder(images), "float32")
 
     def decode(
         self,
@@ -202,8 +212,8 @@ class SAM(SAMTrainer, keras.Model):
         boxes=None,
         masks=None,
     ) -> dict:
-        """Prompts + image embeddings -> `{"masks", "iou_pred"}`."""
-        return decode_prompts(
+        """Prompts + image embeddings -> `{"masks", "iou_pred"}` float32."""
+        out = decode_prompts(
             self.prompt_encoder,
             self.mask_decoder,
             image_embeddings,
@@ -212,6 +222,7 @@ class SAM(SAMTrainer, keras.Model):
             boxes=boxes,
             masks=masks,
         )
+        return {k: ops.cast(v, "float32") for k, v in out.items()}
 
     def compiled_method(self, method: str):
         """`encode_image` or `decode` as one compiled function (cached).
@@ -273,17 +284,22 @@ class SAM(SAMTrainer, keras.Model):
         image_encoder: dict,
         prompt_encoder: dict,
         mask_decoder: dict,
+        precision: str = "float32",
         **kwargs,
     ) -> "SAM":
-        """Build from the constructor arguments of the three parts."""
+        """Build from the constructor arguments of the three parts, the
+        image encoder and the decoder in `precision` (see `from_preset`)."""
+        policy = dtype_policy(precision)
         return cls(
             image_encoder=image_encoder_class(image_encoder)(
-                **image_encoder, name="image_encoder"
+                **image_encoder, dtype=policy, name="image_encoder"
             ),
             prompt_encoder=SAMPromptEncoder(
                 **prompt_encoder, name="prompt_encoder"
             ),
-            mask_decoder=SAMMaskDecoder(**mask_decoder, name="mask_decoder"),
+            mask_decoder=SAMMaskDecoder(
+                **mask_decoder, dtype=policy, name="mask_decoder"
+            ),
             **kwargs,
         )
 
@@ -293,7 +309,10 @@ class SAM(SAMTrainer, keras.Model):
 
     @classmethod
     def from_preset(
-        cls, name: str, weights: str | os.PathLike | bool | None = None
+        cls,
+        name: str,
+        weights: str | os.PathLike | bool | None = None,
+        precision: str = "float32",
     ) -> "SAM":
         """A model with a preset architecture.
 
@@ -303,7 +322,13 @@ class SAM(SAMTrainer, keras.Model):
                 official `.pth` or a safetensors file; True for the
                 preset's own weights: the bundled file for `sam_shapes`,
                 else the official checkpoint, downloaded (cached, verified).
+            precision: `"float32"`, or `"bfloat16"` (also `"bf16"`): the
+                image encoder and the decoder compute in bfloat16 (Keras'
+                `mixed_bfloat16`; weights stay float32, outputs are float32).
+                It pays only where the hardware has bfloat16 matrix
+                instructions; docs/precision.md has speed and agreement.
         """
+        dtype_policy(precision)  # a bad value fails before any download
         if name not in PRESETS:
             raise ValueError(
                 f"Unknown preset. Received: name={name!r}; available: "
@@ -322,6 +347,7 @@ class SAM(SAMTrainer, keras.Model):
             preset["image_encoder"],
             preset["prompt_encoder"],
             preset["mask_decoder"],
+            precision=precision,
             name=name,
         )
         if weights and weights is not True:
@@ -355,6 +381,7 @@ class SAM(SAMTrainer, keras.Model):
         *,
         mask_decoder_num_heads: int | None = None,
         use_cache: bool = True,
+        precision: str = "float32",
     ) -> "SAM":
         """Build a model whose architecture is read from a checkpoint, and
         load it.
@@ -393,6 +420,7 @@ class SAM(SAMTrainer, keras.Model):
                 tensors as safetensors in the user cache folder, used only
                 when they verify; `$KERAS_SAM_NO_CACHE=1` turns it off
                 everywhere). It gives the same weights as the file.
+            precision: `"float32"` or `"bfloat16"`, as in `from_preset`.
 
         Raises:
             FileNotFoundError: `path` does not exist.
@@ -404,6 +432,7 @@ class SAM(SAMTrainer, keras.Model):
         from keras_sam.backend.variables import initialize_pending
         from keras_sam.convert import checkpoint
 
+        dtype_policy(precision)  # a bad value fails before the file is read
         use_compile_cache()
         name = str(path)
         if (
@@ -421,7 +450,10 @@ class SAM(SAMTrainer, keras.Model):
                     f"heads stored in checkpoint {name!r}. Received: "
                     f"mask_decoder_num_heads={mask_decoder_num_heads}"
                 )
-            build = cls.from_keras_safetensors
+
+            def build(path):
+                return cls.from_keras_safetensors(path, precision=precision)
+
         else:
             from keras_sam.convert.formats import read_checkpoint
 
@@ -434,7 +466,7 @@ class SAM(SAMTrainer, keras.Model):
             state, config = found.state, found.config
 
             def build(path):
-                model = cls.from_config_dicts(**config)
+                model = cls.from_config_dicts(**config, precision=precision)
                 # No random values drawn for weights about to be loaded.
                 build_without_values(model)
                 try:
@@ -456,8 +488,11 @@ class SAM(SAMTrainer, keras.Model):
             ) from e
 
     @classmethod
-    def from_keras_safetensors(cls, path: str | os.PathLike) -> "SAM":
-        """A model saved by `save_keras_safetensors` (config + weights).
+    def from_keras_safetensors(
+        cls, path: str | os.PathLike, precision: str = "float32"
+    ) -> "SAM":
+        """A model saved by `save_keras_safetensors` (config + weights),
+        computing in `precision` (see `from_preset`).
 
         The file's metadata holds `format = "keras_sam.variable_paths"` and
         the three config dicts; its tensors are keyed by Keras variable path
@@ -486,6 +521,7 @@ class SAM(SAMTrainer, keras.Model):
             config["image_encoder"],
             config["prompt_encoder"],
             config["mask_decoder"],
+            precision=precision,
             name=metadata.get("name", "sam"),
         )
         state = {
