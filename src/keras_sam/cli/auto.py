@@ -10,10 +10,12 @@ from keras_sam.cli.common import add_model_arguments
 from keras_sam.cli.common import check_embeddings_folder
 from keras_sam.cli.common import check_model_arguments
 from keras_sam.cli.common import check_output_folder
-from keras_sam.cli.common import describe
+from keras_sam.cli.common import failure_status
+from keras_sam.cli.common import for_each_picture
 from keras_sam.cli.common import load_model
 from keras_sam.cli.common import log
 from keras_sam.cli.common import number
+from keras_sam.cli.common import pending
 from keras_sam.cli.common import plan_outputs
 from keras_sam.cli.common import stored_embedding
 
@@ -171,22 +173,7 @@ def run(parser, args) -> int:
     check_embeddings_folder(parser, args)
     check_output_folder(parser, "-o/--output", args.output)
     jobs = plan(parser, args)
-    os.makedirs(args.output, exist_ok=True)
-    removed = []
-    folders = {args.output} | {os.path.dirname(j) for _, j, _ in jobs}
-    for folder in sorted(folders):
-        removed += io.remove_leftovers(folder)
-    if removed:
-        log(
-            f"removed {len(removed)} temporary file(s) an interrupted run "
-            f"left in {args.output}"
-        )
-    todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
-    if len(todo) < len(jobs):
-        log(
-            f"skipped {len(jobs) - len(todo)} picture(s) already done in "
-            f"{args.output} (--overwrite redoes them)"
-        )
+    todo = pending(args, jobs)
     if not todo:
         return 0
     model = load_model(parser, args)
@@ -206,40 +193,32 @@ def run(parser, args) -> int:
         from keras_sam.inference.embeddings import model_fingerprint
 
         fingerprint = model_fingerprint(model)
-    failed, reused = [], 0
-    for index, (path, json_path, png_path) in enumerate(todo):
-        log(f"[{index + 1}/{len(todo)}] {path}")
-        try:
-            image = io.read_image(path)
-            embedding = None
-            if fingerprint is not None:
-                # ValueError: a stored one for another picture or model
-                stored = stored_embedding(args, path, image, fingerprint)
-                if stored is not None:
-                    embedding, reused = stored.embedding, reused + 1
-            # ValueError: a picture the model cannot take (too elongated)
-            records = generator.generate(image, image_embedding=embedding)
-        except (ValueError, OSError) as e:
-            message = describe(e)
-            if path not in message:
-                message = f"{path}: {message}"
-            log(f"error: {message}")
-            failed.append(path)
-            continue
+    reused = 0
+
+    def compute(path, json_path, png_path):
+        nonlocal reused
+        image = io.read_image(path)
+        embedding = None
+        if fingerprint is not None:
+            # ValueError: a stored one for another picture or model
+            stored = stored_embedding(args, path, image, fingerprint)
+            if stored is not None:
+                embedding, reused = stored.embedding, reused + 1
+        # ValueError: a picture the model cannot take (too elongated)
+        return image, generator.generate(image, image_embedding=embedding)
+
+    def write(job, result):
+        path, json_path, png_path = job
+        image, records = result
         if not records:
             log(f"{path}: {why_no_masks(generator, args)}")
         write_masks(image, records, os.path.abspath(path), json_path, png_path)
         print(json_path, flush=True)
-        del records
+
+    failed = for_each_picture(todo, compute, write)
     if fingerprint is not None:
         log(
             f"used {reused} stored embedding(s) from {args.embeddings}, "
             f"encoded {len(todo) - len(failed) - reused} picture(s)"
         )
-    if failed:
-        shown = ", ".join(failed[:3]) + (
-            f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        )
-        log(f"{len(failed)} of {len(todo)} pictures failed: {shown}")
-        return 1
-    return 0
+    return failure_status(failed, len(todo))

@@ -372,6 +372,73 @@ EMBEDDINGS_HELP = (
 )
 
 
+def pending(args, jobs: list[tuple]) -> list[tuple]:
+    """The jobs `(picture, marker output, ...)` still to do, once the
+    temporary files an interrupted run left in their folders are removed:
+    a job whose marker output exists is done, unless `--overwrite`. Says on
+    stderr what was removed and skipped. Creates `args.output`."""
+    from keras_sam import io
+
+    os.makedirs(args.output, exist_ok=True)
+    removed = []
+    folders = {args.output} | {os.path.dirname(job[1]) for job in jobs}
+    for folder in sorted(folders):
+        removed += io.remove_leftovers(folder)
+    if removed:
+        log(
+            f"removed {len(removed)} temporary file(s) an interrupted run "
+            f"left in {args.output}"
+        )
+    todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
+    if len(todo) < len(jobs):
+        log(
+            f"skipped {len(jobs) - len(todo)} picture(s) already done in "
+            f"{args.output} (--overwrite redoes them)"
+        )
+    return todo
+
+
+def for_each_picture(todo: list[tuple], compute, write) -> list[str]:
+    """Run the jobs `(picture, ...)` in order, a progress line each.
+
+    `compute(*job)` reads and processes the picture: its `ValueError` or
+    `OSError` (an unreadable picture, one the model cannot take) is one
+    line on stderr and the next picture goes on. `write(job, result)` then
+    writes the picture's outputs; its errors (a full disk) stop the run.
+
+    Returns:
+        The pictures that failed (`failure_status` reports them).
+    """
+    failed = []
+    for index, job in enumerate(todo):
+        path = job[0]
+        log(f"[{index + 1}/{len(todo)}] {path}")
+        try:
+            result = compute(*job)
+        except (ValueError, OSError) as e:
+            message = describe(e)
+            if path not in message:
+                message = f"{path}: {message}"
+            log(f"error: {message}")
+            failed.append(path)
+            continue
+        write(job, result)
+        del result  # not held while the next picture is processed
+    return failed
+
+
+def failure_status(failed: list[str], total: int) -> int:
+    """The exit status of a run over `total` pictures: 0, or 1 with a line
+    naming the first pictures that failed."""
+    if not failed:
+        return 0
+    shown = ", ".join(failed[:3]) + (
+        f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    )
+    log(f"{len(failed)} of {total} pictures failed: {shown}")
+    return 1
+
+
 def add_embeddings_argument(group, more: str = "") -> None:
     """`--embeddings DIR` in an argument group; `more` ends its help."""
     group.add_argument(

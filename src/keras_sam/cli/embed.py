@@ -6,9 +6,10 @@ from keras_sam.cli import bulk
 from keras_sam.cli.common import add_model_arguments
 from keras_sam.cli.common import check_model_arguments
 from keras_sam.cli.common import check_output_folder
-from keras_sam.cli.common import describe
+from keras_sam.cli.common import failure_status
+from keras_sam.cli.common import for_each_picture
 from keras_sam.cli.common import load_model
-from keras_sam.cli.common import log
+from keras_sam.cli.common import pending
 from keras_sam.cli.common import plan_outputs
 
 
@@ -75,21 +76,7 @@ def run(parser, args) -> int:
         (path, target)
         for path, (target,) in plan_outputs(parser, args, (SUFFIX,))
     ]
-    os.makedirs(args.output, exist_ok=True)
-    removed = []
-    for folder in sorted({args.output} | {os.path.dirname(t) for _, t in jobs}):
-        removed += io.remove_leftovers(folder)
-    if removed:
-        log(
-            f"removed {len(removed)} temporary file(s) an interrupted run "
-            f"left in {args.output}"
-        )
-    todo = [job for job in jobs if args.overwrite or not os.path.isfile(job[1])]
-    if len(todo) < len(jobs):
-        log(
-            f"skipped {len(jobs) - len(todo)} picture(s) already done in "
-            f"{args.output} (--overwrite redoes them)"
-        )
+    todo = pending(args, jobs)
     if not todo:
         return 0
     model = load_model(parser, args)
@@ -99,26 +86,15 @@ def run(parser, args) -> int:
 
     predictor = SAMPredictor(model)
     fingerprint = model_fingerprint(model)
-    failed = []
-    for index, (path, target) in enumerate(todo):
-        log(f"[{index + 1}/{len(todo)}] {path}")
-        try:
-            image = io.read_image(path)
-            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-            # ValueError: a picture the model cannot take (too elongated)
-            save_embedding(target, predictor, image, fingerprint=fingerprint)
-        except (ValueError, OSError) as e:
-            message = describe(e)
-            if path not in message:
-                message = f"{path}: {message}"
-            log(f"error: {message}")
-            failed.append(path)
-            continue
-        print(target, flush=True)
-    if failed:
-        shown = ", ".join(failed[:3]) + (
-            f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        )
-        log(f"{len(failed)} of {len(todo)} pictures failed: {shown}")
-        return 1
-    return 0
+
+    def compute(path, target):
+        image = io.read_image(path)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        # ValueError: a picture the model cannot take (too elongated)
+        save_embedding(target, predictor, image, fingerprint=fingerprint)
+
+    def write(job, _):
+        print(job[1], flush=True)
+
+    failed = for_each_picture(todo, compute, write)
+    return failure_status(failed, len(todo))
