@@ -50,6 +50,8 @@ def test_segment_with_a_mobile_sam_checkpoint(tmp_path):
 
     info = run("info", checkpoint)
     assert info.returncode == 0, info.stderr
-    assert json.loads(info.stdout)["architecture"]["image_encoder"][
-        "hidden_sizes"
-    ] == list(reference.SMALL["hidden_sizes"])
+    described = json.loads(info.stdout)
+    assert described["format"] == "mobile_sam"
+    assert described["architecture"]["image_encoder"]["hidden_sizes"] == list(
+        reference.SMALL["hidden_sizes"]
+    )

@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
         help="architecture and size of a checkpoint",
         description=(
             "Print, as JSON, the format, architecture, tensor and parameter "
-            "counts and matching preset of a checkpoint: an official one "
+            "counts and matching preset of a checkpoint: an official or "
+            "MobileSAM one "
             "(architecture read from its tensor shapes; the mask decoder's "
             "head count, in no shape, is assumed to be the official 8 and "
             'listed under "assumed"), a Hugging Face SamModel (folder or '

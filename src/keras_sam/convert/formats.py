@@ -7,6 +7,8 @@ loading, `keras-sam info` and `keras-sam convert` share one path:
 - `"official"`: a `.pth`, `.pt`, `.bin` or `.safetensors` file with the
   official names; the architecture from the tensor shapes
   (`checkpoint.detect_architecture`), the decoder's heads assumed 8.
+- `"mobile_sam"`: the same, with MobileSAM's TinyViT image encoder
+  (told by its names, `image_encoder.layers.*`).
 - `"huggingface"`: a transformers `SamModel` checkpoint, a folder with
   `config.json` (`model_type` `"sam"`) and `model.safetensors`,
   `pytorch_model.bin` or a sharded `model.safetensors.index.json`, or the
@@ -36,8 +38,10 @@ from keras_sam.convert import checkpoint
 from keras_sam.convert import h5_weights
 from keras_sam.convert import hf_mapping
 from keras_sam.convert import keras_hub_mapping
+from keras_sam.convert import tiny_vit_mapping
 
 OFFICIAL = "official"
+MOBILE_SAM = "mobile_sam"
 HUGGINGFACE = "huggingface"
 KERAS_HUB = "keras_hub"
 _HEADS = "mask_decoder.num_heads"
@@ -49,7 +53,8 @@ class Checkpoint(NamedTuple):
     """A checkpoint read into official names.
 
     Attributes:
-        format: `"official"`, `"huggingface"` or `"keras_hub"`.
+        format: `"official"`, `"mobile_sam"`, `"huggingface"` or
+            `"keras_hub"`.
         state: Official parameter names to arrays (PyTorch layouts).
         config: keras-sam constructor arguments of `"image_encoder"`,
             `"prompt_encoder"` and `"mask_decoder"`.
@@ -98,7 +103,10 @@ def read_checkpoint(
     state = cache.read_checkpoint(path, use_cache=use_cache)
     if hf_mapping.is_hf_state_dict(state):
         return _huggingface(path, state, {}, mask_decoder_num_heads)
-    return _official(path, state, mask_decoder_num_heads, OFFICIAL)
+    file_format = (
+        MOBILE_SAM if tiny_vit_mapping.is_tiny_vit(state) else OFFICIAL
+    )
+    return _official(path, state, mask_decoder_num_heads, file_format)
 
 
 def _official(path, state, heads, file_format, **detect) -> Checkpoint:
