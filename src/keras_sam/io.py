@@ -561,11 +561,19 @@ def write_png(
     group: OutputGroup | None = None,
 ) -> None:
     """Write a uint8 `(H, W, 3)` or `(H, W)` array as a PNG, atomically
-    (or as part of `group`)."""
+    (or as part of `group`).
+
+    A colour picture (an overlay on a photo) is deflated at zlib's level 1:
+    on a 1800x1200 overlay level 6 took 3.4x as long for a file 9 % smaller.
+    A mask (two values, long runs) keeps level 6, which halves its file at
+    little cost.
+    """
     from PIL import Image
 
+    array = np.asarray(array)
+    level = 1 if array.ndim == 3 else 6
     with _open(path, group) as f:
-        Image.fromarray(np.asarray(array)).save(f, format="PNG")
+        Image.fromarray(array).save(f, format="PNG", compress_level=level)
 
 
 def jsonable(value):

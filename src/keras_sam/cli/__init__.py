@@ -139,9 +139,41 @@ def check_backend(parser, name: str, source: str) -> None:
         )
 
 
+# Commands whose work is done when `run` returns: nothing of theirs needs
+# the interpreter's shutdown (servers and Ray clusters stop in atexit
+# handlers, so `serve` and `--ray` are not among them).
+_DONE_ON_RETURN = ("segment", "auto", "embed", "demo", "info", "convert")
+
+
+def console_main() -> int:
+    """The `keras-sam` program: `main`, then, for a command whose outputs
+    are all written and closed, an immediate exit.
+
+    Tearing down TensorFlow, JAX or PyTorch at interpreter exit (module
+    teardown, the final garbage collection over a model's objects) takes
+    0.5-1.5 s after the work is done, a cost a one-shot command pays in
+    full; `os._exit` after flushing skips it. In-process callers of `main`
+    (tests, scripts) return normally.
+    """
+    parser = build_parser()
+    args = parser.parse_args()
+    status = _run(parser, args)
+    if args.command in _DONE_ON_RETURN and not getattr(args, "ray", False):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed early, as `| head -1`
+                pass
+        os._exit(status)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return _run(parser, parser.parse_args(argv))
+
+
+def _run(parser, args) -> int:
     verbose = args.verbose or os.environ.get("KERAS_SAM_DEBUG", "") not in (
         "",
         "0",
@@ -189,4 +221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
