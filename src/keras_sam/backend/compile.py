@@ -44,7 +44,9 @@ def compile_inference(layer, fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        # No Python control flow on tensors in the model: autograph's
+        # source rewriting would only add to the first call (0.2-0.3 s).
+        return tf.function(fn, reduce_retracing=True, autograph=False)
     if backend == "torch":
         return _torch(fn)
     return fn
