@@ -133,6 +133,26 @@ def test_bad_usage_exits_2_naming_the_flag(files, args, flag):
     assert result.stdout == ""
 
 
+def test_info_reads_a_checkpoint_without_keras(files, tmp_path):
+    # No backend started: `info` on a .pth and on our safetensors.
+    out = tmp_path / "tiny.safetensors"
+    assert run("convert", files["checkpoint"], "-o", out).returncode == 0
+    code = (
+        "import sys\n"
+        "from keras_sam.cli import main\n"
+        "for path in sys.argv[1:]:\n"
+        "    assert main(['info', path]) == 0\n"
+        "assert 'keras' not in sys.modules, 'keras imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(files["checkpoint"]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_convert_and_info(files, tmp_path):
     out = tmp_path / "tiny.safetensors"
     result = run("convert", files["checkpoint"], "-o", out)

@@ -33,8 +33,8 @@ def run(parser, args) -> int:
 
     from keras_sam.cli.common import check_checkpoint_path
     from keras_sam.convert import checkpoint
+    from keras_sam.convert.checkpoint import KERAS_SAFETENSORS_FORMAT
     from keras_sam.models.presets import PRESETS
-    from keras_sam.models.sam import KERAS_SAFETENSORS_FORMAT
 
     path = args.checkpoint
     check_checkpoint_path(parser, "CHECKPOINT", path)

@@ -32,6 +32,10 @@ import numpy as np
 from keras_sam import io
 from keras_sam.convert import tiny_vit_mapping
 
+# The `format` in the metadata of a keras-sam safetensors file (Keras
+# variable paths and the architecture; `SAM.save_keras_safetensors`).
+KERAS_SAFETENSORS_FORMAT = "keras_sam.variable_paths"
+
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 _ZIP_MAGIC = b"PK\x03\x04"

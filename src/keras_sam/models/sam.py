@@ -7,6 +7,7 @@ import os
 import keras
 from keras import ops
 
+from keras_sam.convert.checkpoint import KERAS_SAFETENSORS_FORMAT
 from keras_sam.layers.mask_decoder import SAMMaskDecoder
 from keras_sam.layers.prompt_encoder import SAMPromptEncoder
 from keras_sam.models.image_encoder import SAMImageEncoder
@@ -18,8 +19,6 @@ from keras_sam.prompts import prompt_tensors
 from keras_sam.prompts import prompts_per_image
 from keras_sam.prompts import split_per_image
 from keras_sam.training.trainer import SAMTrainer
-
-KERAS_SAFETENSORS_FORMAT = "keras_sam.variable_paths"
 
 
 def use_compile_cache() -> None:
