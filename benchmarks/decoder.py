@@ -42,6 +42,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="skip the official ONNX export (onnxruntime) reference",
     )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time ours with the decoder in bfloat16 (mixed_bfloat16, "
+        "as precision='bfloat16'; docs/precision.md)",
+    )
     args = p.parse_args(argv)
     _common.setup(args)
 
@@ -87,6 +93,20 @@ def main(argv=None) -> int:
 
     ours_layer = OursPromptToMask(encoder, decoder)
     ours = compile_inference(ours_layer, ours_layer.call)
+    ours_bf16 = None
+    if args.bf16:
+        from keras_sam.models.precision import dtype_policy
+
+        decoder_bf16 = keras_sam.SAMMaskDecoder(
+            hidden_size=256,
+            num_layers=2,
+            intermediate_dim=2048,
+            num_heads=8,
+            dtype=dtype_policy("bfloat16"),
+        )
+        keras_sam.load_official_weights(decoder_bf16, ref_decoder.state_dict())
+        bf16_layer = OursPromptToMask(encoder, decoder_bf16)
+        ours_bf16 = compile_inference(bf16_layer, bf16_layer.call)
 
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(1, 64, 64, 256)).astype("float32")
@@ -251,6 +271,21 @@ def main(argv=None) -> int:
                 args.num_iters,
             )
         }
+        if ours_bf16 is not None:
+            bf16 = keras.ops.convert_to_numpy(
+                ours_bf16(embedding, **inputs)["masks"]
+            )[:, 1:]
+            bf16_err = np.abs(bf16 - ref_masks).max() / np.abs(ref_masks).max()
+            print(
+                f"check {case}: ours bfloat16: masks {bf16_err:.1e}"
+                " (max abs error / max abs official)",
+                file=sys.stderr,
+            )
+            timings["ours, decoder in bfloat16"] = _common.time_fn(
+                lambda i=inputs: ours_bf16(embedding, **i),
+                args.num_warmup,
+                args.num_iters,
+            )
         if hub is not None:
             timings["KerasHub layers (same backend, jit)"] = _common.time_fn(
                 lambda i=inputs: hub(embedding, **i),
@@ -278,7 +313,9 @@ def main(argv=None) -> int:
         rows.append(tuple(row))
     ratio_row = ["best reference / ours (speed-up)"]
     for case in cases:
-        best = min(v for k, v in results[case].items() if k != "ours")
+        best = min(
+            v for k, v in results[case].items() if not k.startswith("ours")
+        )
         ratio_row.append(f"{best / results[case]['ours']:.2f}x")
     rows.append(tuple(ratio_row))
     text = _common.table(rows, ("system", *cases))
