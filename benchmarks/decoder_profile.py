@@ -8,7 +8,10 @@ sees inside the decoder; the parts' times add up to about the whole
 decoder's. Matrix products are counted as 2 FLOP per multiply-add;
 element-wise parts (norms, GELU) have no FLOP figure. Attention is counted
 in the order of products the layer picks for the shapes
-(`MultiHeadAttentionWithDownsampling.multiply_adds`).
+(`MultiHeadAttentionWithDownsampling.multiply_adds`). The last row is the
+rate of one large float32 matrix product (1024x1024 by 1024x1024) on the
+same backend and threads: what the cores reach when nothing but
+multiply-adds is asked of them, the scale for the rates above.
 
 Run from the repository root:
     python benchmarks/decoder_profile.py --backend jax --threads 2
@@ -168,6 +171,18 @@ def main(argv=None) -> int:
         rate = "" if flop is None else f"{flop / per_prompt / 1e6:.0f}"
         gflop = "" if flop is None else f"{flop / 1e9:.3f}"
         rows.append((name, f"{per_prompt:.2f}", gflop, rate))
+    square = keras.random.normal((1024, 1024), seed=0)
+    gemm = compile_inference(decoder, lambda x: keras.ops.matmul(x, x))
+    ms = _common.time_fn(lambda: gemm(square), args.num_warmup, args.num_iters)
+    flop = 2 * 1024**3
+    rows.append(
+        (
+            "for scale: one 1024x1024 by 1024x1024 product",
+            f"{ms:.2f} (per call)",
+            f"{flop / 1e9:.3f}",
+            f"{flop / ms / 1e6:.0f}",
+        )
+    )
     text = _common.table(
         rows, ("part", "ms / prompt", "GFLOP / prompt", "GFLOP/s")
     )
