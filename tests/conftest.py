@@ -24,7 +24,10 @@ def pytest_configure(config):
     folder, removed at the end): a test that compiles a program an earlier
     one already compiled (e.g. the four training runs of the same tiny model
     in `tests/scripts/test_train_shapes.py`) loads the executable XLA built
-    instead of compiling it anew. Only compiles over 0.5 s are kept."""
+    instead of compiling it anew. Only compiles over 0.5 s are kept. The
+    xdist workers share the folder the controller made (passed to them in
+    `$KERAS_SAM_TEST_XLA_CACHE`; JAX writes its entries atomically), so a
+    program compiled in one worker's file is loaded in the other's."""
     import atexit
     import os
     import shutil
@@ -37,8 +40,11 @@ def pytest_configure(config):
         return
     import jax
 
-    folder = tempfile.mkdtemp(prefix="keras_sam_xla_cache_")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    folder = os.environ.get("KERAS_SAM_TEST_XLA_CACHE")
+    if not folder:  # the controller (or a run without xdist)
+        folder = tempfile.mkdtemp(prefix="keras_sam_xla_cache_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["KERAS_SAM_TEST_XLA_CACHE"] = folder
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
