@@ -35,10 +35,15 @@ lint: $(VENV)/.test-installed
 # (subprocess commands, training scripts, the docs, the bundled model's
 # held-out evaluation, full-size and extra training variants) prove nothing
 # backend-specific and run on $(INTEGRATION_BACKEND) only: the other
-# backends deselect them, and pytest says how many. Two xdist workers, one test file each at a time, keep both
-# cores busy through compilation and Python overhead. OMP_WAIT_POLICY=PASSIVE
-# stops torch's OpenMP threads spinning while NumPy's BLAS uses the cores.
-INTEGRATION_BACKEND ?= tensorflow
+# backends deselect them, and pytest says how many. PyTorch, because eager
+# PyTorch traces nothing: the same set took 648 s there against over
+# 1000 s on TensorFlow (2 cores). The exporters' tests (tests/export) are
+# not in that set: they run on TensorFlow, which the exporters need. Two
+# xdist workers, one test file each at a time, keep both cores busy through
+# compilation and Python overhead; --durations lists the slowest tests.
+# OMP_WAIT_POLICY=PASSIVE stops torch's OpenMP threads spinning while
+# NumPy's BLAS uses the cores.
+INTEGRATION_BACKEND ?= torch
 PYTEST_WORKERS ?= 2
 # The page's browser test (tests/serve/test_page.py) drives Debian's
 # Chromium through Playwright (which cannot download browsers here): apt

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -18,7 +19,13 @@ from tests.export.helpers import assert_masks_equal
 from tests.export.helpers import predictors
 from tests.export.helpers import run_cli
 
-pytestmark = pytest.mark.integration
+# The exporters run on the TensorFlow backend: `make test` runs these there
+# (with the other backends' tests, not with the `integration` set, whose
+# backend is another); elsewhere they skip, as test_graph_pieces.py.
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the exporters run on the TensorFlow backend",
+)
 
 # The aspect ratios of 480x640, 1500x2250 and 1024x300 pictures at the
 # tiny model's input size 256 (1024x300 -> 256x75: the long side is the
