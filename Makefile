@@ -36,8 +36,8 @@ lint: $(VENV)/.test-installed
 # held-out evaluation, full-size and extra training variants) prove nothing
 # backend-specific and run on $(INTEGRATION_BACKEND) only: the other
 # backends deselect them, and pytest says how many. PyTorch, because eager
-# PyTorch traces nothing: the same set took 648 s there against over
-# 1000 s on TensorFlow (2 cores). The exporters' tests (tests/export) are
+# PyTorch traces nothing: the set alone took 648 s there against 1410 s on
+# TensorFlow (2 cores). The exporters' tests (tests/export) are
 # not in that set: they run on TensorFlow, which the exporters need. Two
 # xdist workers, one test file each at a time, keep both cores busy through
 # compilation and Python overhead; --durations lists the slowest tests.

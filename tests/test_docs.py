@@ -9,8 +9,8 @@ official layout under that name, made with the official code: the docs run
 offline.
 
 Running the blocks is marked `integration`: `make test` runs it on one
-backend (TensorFlow, the one `make demo` uses); the compile test runs on
-every backend.
+backend (`INTEGRATION_BACKEND`, PyTorch); the compile test runs on every
+backend.
 """
 
 import re
