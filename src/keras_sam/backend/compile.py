@@ -45,7 +45,7 @@ def compile_inference(layer, fn):
         import tensorflow as tf
 
         # No Python control flow on tensors in the model: autograph's
-        # source rewriting would only add to the first call (0.2-0.3 s).
+        # source rewriting would only add to the first call.
         return tf.function(fn, reduce_retracing=True, autograph=False)
     if backend == "torch":
         return _torch(fn)

@@ -150,9 +150,9 @@ def console_main() -> int:
     are all written and closed, an immediate exit.
 
     Tearing down TensorFlow, JAX or PyTorch at interpreter exit (module
-    teardown, the final garbage collection over a model's objects) takes
-    0.5-1.5 s after the work is done, a cost a one-shot command pays in
-    full; `os._exit` after flushing skips it. In-process callers of `main`
+    teardown, the final garbage collection over a model's objects) takes a
+    noticeable part of a one-shot command's time after its work is done;
+    `os._exit` after flushing skips it. In-process callers of `main`
     (tests, scripts) return normally.
     """
     parser = build_parser()

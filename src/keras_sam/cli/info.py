@@ -33,18 +33,18 @@ def run(parser, args) -> int:
 
     from keras_sam.cli.common import check_checkpoint_path
     from keras_sam.convert import checkpoint
-    from keras_sam.convert.checkpoint import KERAS_SAFETENSORS_FORMAT
     from keras_sam.models.presets import PRESETS
 
     path = args.checkpoint
     check_checkpoint_path(parser, "CHECKPOINT", path)
     if (
         os.path.isfile(path)
-        and checkpoint.safetensors_format(path) == KERAS_SAFETENSORS_FORMAT
+        and checkpoint.safetensors_format(path)
+        == checkpoint.KERAS_SAFETENSORS_FORMAT
     ):
         state = checkpoint.read_state_dict(path)
         config = checkpoint.read_metadata_config(path, state)
-        file_format = KERAS_SAFETENSORS_FORMAT
+        file_format = checkpoint.KERAS_SAFETENSORS_FORMAT
         assumed = {}
     else:
         from keras_sam.convert.formats import read_checkpoint
