@@ -1,5 +1,8 @@
 """Shared pytest set-up: a fresh, seeded Keras session for every test."""
 
+# keras_sam before Keras: the suite runs with the settings a user's process
+# gets (keras_sam sets TensorFlow's oneDNN switch, read at its import).
+import keras_sam  # noqa: F401, I001
 import keras
 import pytest
 

@@ -73,17 +73,22 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-def rel_max_err(ours, ref) -> float:
+def rel_max_err(ours, ref, min_scale: float = 1e-12) -> float:
+    """The largest absolute difference over the largest `|ref|` (at least
+    `min_scale`: for quantities of a known order, so that a reference that
+    happens to be near 0 does not turn rounding into a large ratio)."""
     ours, ref = to_numpy(ours).astype(np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     if ref.size == 0:
         return 0.0
-    scale = max(float(np.max(np.abs(ref))), 1e-12)
+    scale = max(float(np.max(np.abs(ref))), min_scale)
     return float(np.max(np.abs(ours - ref))) / scale
 
 
-def assert_close(ours, ref, rtol: float, what: str = "") -> float:
-    err = rel_max_err(ours, ref)
+def assert_close(
+    ours, ref, rtol: float, what: str = "", min_scale: float = 1e-12
+) -> float:
+    err = rel_max_err(ours, ref, min_scale)
     assert err <= rtol, f"{what}: relative max error {err:.3g} > {rtol:.0e}"
     return err
 

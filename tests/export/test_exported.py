@@ -149,7 +149,12 @@ def test_exported_files_match_predictor(official_and_ours, runtimes, shape):
             for a, e in zip(actual, expected, strict=True):
                 assert a.shape == e.shape, what
             helpers.assert_close(actual[2], expected[2], rtol, what)
-            helpers.assert_close(actual[1], expected[1], rtol, what)
+            # Predicted IoUs are of order 1: one the tiny random model puts
+            # near 0 (-7e-4 for the mask-only prompt) is measured against 1,
+            # where float32 rounding in two runtimes differs by ~1e-7.
+            helpers.assert_close(
+                actual[1], expected[1], rtol, what, min_scale=1.0
+            )
             assert_masks_equal(actual[0], expected[0])
 
     prompts = _prompts(*image.shape[:2])

@@ -82,7 +82,8 @@ def connect(address: str | None = None, **kwargs) -> bool:
     """Start a local Ray cluster (`address` None: Ray's default, which is
     `$RAY_ADDRESS` when set) or join one (`"auto"`, `"HOST:PORT"`,
     `"ray://HOST:PORT"`); other arguments go to `ray.init`. The Keras
-    backend of this process (`$KERAS_BACKEND`) is passed to the workers.
+    backend of this process (`$KERAS_BACKEND`) and its OpenMP and
+    TensorFlow settings are passed to the workers.
 
     Returns:
         False when this process was already connected (nothing done), so
@@ -94,7 +95,12 @@ def connect(address: str | None = None, **kwargs) -> bool:
         return False
     env = {
         name: os.environ[name]
-        for name in ("KERAS_BACKEND", "OMP_WAIT_POLICY", "TF_CPP_MIN_LOG_LEVEL")
+        for name in (
+            "KERAS_BACKEND",
+            "OMP_WAIT_POLICY",
+            "TF_CPP_MIN_LOG_LEVEL",
+            "TF_ENABLE_ONEDNN_OPTS",
+        )
         if name in os.environ
     }
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
