@@ -52,6 +52,10 @@ def setup(args) -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     import torch
 
+    # keras_sam before TensorFlow: it sets what a user's process gets at
+    # TensorFlow's import (the oneDNN switch).
+    import keras_sam  # noqa: F401
+
     torch.set_num_threads(args.threads)
     if os.environ["KERAS_BACKEND"] == "tensorflow":
         import tensorflow as tf
@@ -201,6 +205,18 @@ def write_run(path: Path, title: str, slot: str, block: str) -> None:
     path.write_text(text)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def report(title: str, text: str, args) -> None:
     """Print `text` and write it, with the command, to BENCHMARKS.md as the
     latest run of `title` on this backend and device (see `write_run`)."""
@@ -208,13 +224,18 @@ def report(title: str, text: str, args) -> None:
         [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
     )
     stamp = datetime.date.today().isoformat()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.device}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {args.device}"
     # `setup` defaults to jax; a parent that only ran `setup_env_only`
     # passes the same environment to its children.
     backend = os.environ.get("KERAS_BACKEND") or "jax"
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if backend == "tensorflow" and onednn is not None:
+        backend_note = f", TF_ENABLE_ONEDNN_OPTS={onednn}"
+    else:
+        backend_note = ""
     block = (
         f"### {backend} ({args.device}), {stamp}\n\n{stamp}, {machine}, "
-        f"KERAS_BACKEND={backend}, {args.threads} threads\n\n"
+        f"KERAS_BACKEND={backend}{backend_note}, {args.threads} threads\n\n"
         f"```sh\n{command}\n```\n\n{text}\n"
     )
     print(f"\n## {title}\n\n{block}")
