@@ -38,6 +38,7 @@ from keras_sam.cli import segment
 from keras_sam.cli import serve
 from keras_sam.cli.common import describe
 from keras_sam.cli.common import log
+from keras_sam.cli.native_log import NativeLogFilter
 
 BACKENDS = ("jax", "torch", "tensorflow")
 # Without --backend or $KERAS_BACKEND: the first installed of these, fastest
@@ -153,12 +154,23 @@ def console_main() -> int:
     teardown, the final garbage collection over a model's objects) takes a
     noticeable part of a one-shot command's time after its work is done;
     `os._exit` after flushing skips it. In-process callers of `main`
-    (tests, scripts) return normally.
+    (tests, scripts) return normally. The same commands keep the native
+    libraries' log lines off stderr (`native_log`; all of it shows with
+    `--verbose`).
     """
     parser = build_parser()
     args = parser.parse_args()
-    status = _run(parser, args)
-    if args.command in _DONE_ON_RETURN and not getattr(args, "ray", False):
+    one_shot = args.command in _DONE_ON_RETURN and not getattr(
+        args, "ray", False
+    )
+    native_log = NativeLogFilter()
+    if one_shot and not _verbose(args):
+        native_log.start()
+    try:
+        status = _run(parser, args)
+    finally:
+        native_log.stop()
+    if one_shot:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -173,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     return _run(parser, parser.parse_args(argv))
 
 
-def _run(parser, args) -> int:
-    verbose = args.verbose or os.environ.get("KERAS_SAM_DEBUG", "") not in (
+def _verbose(args) -> bool:
+    return args.verbose or os.environ.get("KERAS_SAM_DEBUG", "") not in (
         "",
         "0",
     )
+
+
+def _run(parser, args) -> int:
+    verbose = _verbose(args)
     if args.backend:
         if "keras" in sys.modules:
             parser.error(
