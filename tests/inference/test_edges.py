@@ -410,6 +410,7 @@ def test_last_stats_pred_iou_count(model):
     assert removed["pred_iou_thresh"] == np.sum(iou_preds <= np.float32(thresh))
 
 
+@pytest.mark.integration  # the counting is NumPy's; compiles 5 crop sizes
 def test_last_stats_count_every_step():
     # The bundled model on a held-out shapes scene, with settings under
     # which every step removes some masks.
