@@ -73,11 +73,10 @@ def test_filter_drops_native_log_lines_and_passes_the_rest():
     err = result.stderr
     for line in TF_LINES:
         assert line not in err
-    # Python's own writes go straight to stderr (`print` writes its text
-    # and its end separately, so a native line may come between them); the
-    # native ones keep their order and reach it by `stop`, the unfinished
-    # last line included.
-    python = [b"progress 1/2", b"\r", b"keras-sam: done\n"]
+    # Python's own writes go straight to stderr, a line (or a flushed
+    # `\r` progress line) in one write; the native ones keep their order and
+    # reach it by `stop`, the unfinished last line included.
+    python = [b"progress 1/2\r", b"keras-sam: done\n"]
     positions = [err.index(part) for part in python]
     assert positions == sorted(positions), err
     native = [

@@ -6,8 +6,9 @@ Grappler's cost warnings at the first traced call. `TF_CPP_MIN_LOG_LEVEL`
 does not reach all of them, and a command's user cannot act on any of them.
 `NativeLogFilter` puts a pipe on descriptor 2 with a thread that drops such
 lines and passes every other byte on. Python's `sys.stderr` is pointed at
-the real stderr directly, so the command's own lines and progress (`\\r`)
-are never held back or reordered among themselves.
+the real stderr directly, line-buffered as Python's own, so the command's
+own lines and progress (`\\r`, flushed) are never held back or reordered
+among themselves, and a line is one write.
 
 Only for commands whose process is theirs alone: a child process (Ray's)
 would inherit the pipe and outlive its reader.
@@ -69,7 +70,7 @@ class NativeLogFilter:
             io.FileIO(saved, "w", closefd=False),
             encoding=getattr(self._stderr, "encoding", None) or "utf-8",
             errors="backslashreplace",
-            write_through=True,
+            line_buffering=True,  # as Python's own stderr: a line, one write
         )
         return True
 
