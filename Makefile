@@ -60,7 +60,12 @@ browser:
 	      "tests/serve/test_page.py will fail" >&2; \
 	  fi; }
 
+# The CI machine sets PYTHONDONTWRITEBYTECODE, so Python would compile
+# keras_sam's modules again in every process the tests start (commands,
+# Ray workers, training scripts: about 1 s each); compileall writes their
+# bytecode once (and only what changed on later runs).
 test: $(VENV)/.test-installed lint browser
+	@$(BIN)/python -m compileall -q src support tests
 	@status=0; for b in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$b"; \
 	  if [ $$b = $(INTEGRATION_BACKEND) ]; then sel="integration or not integration"; \

@@ -7,10 +7,15 @@ import numpy as np
 import torch
 
 
-def _import_transformers_sam():
+def _transformers_sam():
     """transformers' SAM classes, imported with `official`'s torchvision
     stub (if installed) out of sight: transformers would take the stub for
-    torchvision and import what it lacks."""
+    torchvision and import what it lacks.
+
+    Imported on first use, not with this module: transformers takes
+    seconds to import, which every pytest worker would pay while collecting
+    the tests, on every backend.
+    """
     stub = {
         name: sys.modules.pop(name)
         for name in list(sys.modules)
@@ -19,33 +24,20 @@ def _import_transformers_sam():
     try:
         import transformers
 
-        return (
-            transformers.SamConfig,
-            transformers.SamMaskDecoderConfig,
-            transformers.SamModel,
-            transformers.SamPromptEncoderConfig,
-            transformers.SamVisionConfig,
-        )
+        return transformers
     finally:
         sys.modules.update(stub)
 
 
-(
-    SamConfig,
-    SamMaskDecoderConfig,
-    SamModel,
-    SamPromptEncoderConfig,
-    SamVisionConfig,
-) = _import_transformers_sam()
-
 IMAGE_SIZE = 64
 
 
-def make_sam_model(seed: int = 0) -> SamModel:
+def make_sam_model(seed: int = 0):
     """A tiny `SamModel` (64-pixel images, 8x8 embedding grid) with every
     tensor seeded random; its decoder's `layer_norm_eps` is the official
     1e-5 (transformers defaults to 1e-6)."""
-    vision = SamVisionConfig(
+    transformers = _transformers_sam()
+    vision = transformers.SamVisionConfig(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -57,13 +49,13 @@ def make_sam_model(seed: int = 0) -> SamModel:
         global_attn_indexes=[1],
         num_pos_feats=8,
     )
-    prompt = SamPromptEncoderConfig(
+    prompt = transformers.SamPromptEncoderConfig(
         hidden_size=16,
         image_size=IMAGE_SIZE,
         patch_size=8,
         mask_input_channels=4,
     )
-    decoder = SamMaskDecoderConfig(
+    decoder = transformers.SamMaskDecoderConfig(
         hidden_size=16,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -71,12 +63,12 @@ def make_sam_model(seed: int = 0) -> SamModel:
         iou_head_hidden_dim=16,
         layer_norm_eps=1e-5,
     )
-    config = SamConfig(
+    config = transformers.SamConfig(
         vision_config=vision.to_dict(),
         prompt_encoder_config=prompt.to_dict(),
         mask_decoder_config=decoder.to_dict(),
     )
-    model = SamModel(config).eval()
+    model = transformers.SamModel(config).eval()
     # transformers initialises the encoder near zero (initializer_range
     # 1e-10), which would leave it untested: seeded values everywhere.
     generator = torch.Generator().manual_seed(seed)
@@ -91,7 +83,7 @@ def make_sam_model(seed: int = 0) -> SamModel:
 
 
 def run(
-    model: SamModel,
+    model,
     images: np.ndarray,
     points=None,
     labels=None,
@@ -101,6 +93,7 @@ def run(
     """`SamModel` on one image and one prompt.
 
     Args:
+        model: a `transformers.SamModel`.
         images: `(1, 3, H, W)` normalised pixels.
         points: `(N, 2)` xy in the input frame, or None.
         labels: `(N,)`, or None.

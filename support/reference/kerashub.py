@@ -2,7 +2,6 @@
 current Keras backend) and its parts."""
 
 import keras
-import keras_hub
 import numpy as np
 
 IMAGE_SIZE = 64
@@ -15,6 +14,10 @@ def make_backbone(seed: int = 0):
     """A tiny `SAMBackbone` (64-pixel images, 8x8 grid), every variable
     seeded random, its mask decoder built (the backbone's functional graph
     does not call it). Returns the backbone."""
+    # Imported here, not with this module: keras_hub imports TensorFlow
+    # (seconds), which every pytest worker would pay while collecting.
+    import keras_hub
+
     encoder = keras_hub.models.ViTDetBackbone(
         hidden_size=16,
         num_layers=2,

@@ -314,11 +314,12 @@ def test_without_backend_the_command_uses_the_default(tmp_path):
 def test_backend_flag_chooses_the_backend(tmp_path):
     """`--backend` takes effect: building the parser (which lists the
     presets) imports no Keras."""
+    # Not the default (TensorFlow); PyTorch, which compiles nothing.
     result = run(
-        "--backend", "jax", "demo", "-o", tmp_path, unset=("KERAS_BACKEND",)
+        "--backend", "torch", "demo", "-o", tmp_path, unset=("KERAS_BACKEND",)
     )
     assert result.returncode == 0, result.stderr
-    assert "backend: jax" in result.stderr
+    assert "backend: torch" in result.stderr
     probe = subprocess.run(
         [
             sys.executable,

@@ -5,7 +5,6 @@ we deliberately differ (labels 2/3, compute_output_shape of the dense
 positional embedding).
 """
 
-import keras_hub
 import numpy as np
 import pytest
 
@@ -40,6 +39,8 @@ def _copy(source_layer, target_layer):
 
 
 def encoder_pair():
+    import keras_hub  # on use: it imports TensorFlow, seconds at collection
+
     ours = SAMPromptEncoder(**ENCODER)
     ours.build()
     for v in ours.weights:
@@ -61,6 +62,8 @@ def encoder_pair():
 
 
 def decoder_pair():
+    import keras_hub
+
     ours = SAMMaskDecoder(**DECODER)
     ours.build()
     for v in ours.weights:

@@ -52,6 +52,10 @@ def test_fit_lowers_the_loss():
         optimizer=keras.optimizers.Adam(1e-3),
         loss={"masks": "mse", "iou_pred": "mse"},
     )
+    # Keras' TensorFlow trainer would build the optimizer inside the first
+    # trace of the training step and so trace it twice (as keras_sam.SAM's
+    # fit avoids; see SAMTrainer.build_optimizer).
+    model.optimizer.build(model.trainable_variables)
     x, y = fixed_batch()
     before = model.evaluate(x, y, verbose=0)[0]
     model.fit(x, y, epochs=30, batch_size=4, verbose=0)
