@@ -1,6 +1,9 @@
 """Running the `keras-sam` console script in a subprocess, for the command
-line tests: a clean environment, optional umask and file size limit."""
+line tests: a clean environment, optional umask and file size limit; or
+its `main` in the test's process (`call`)."""
 
+import contextlib
+import io
 import os
 import resource
 import signal
@@ -50,6 +53,39 @@ def run(*args, timeout=300, env=None, unset=(), umask=None, fsize=None):
         env=environment(env, unset),
         stdin=subprocess.DEVNULL,
         preexec_fn=preexec(umask, fsize),
+    )
+
+
+def call(*args) -> subprocess.CompletedProcess:
+    """`keras_sam.cli.main(args)` in this process, its stdout and stderr
+    captured, as `run` gives them.
+
+    What a command computes, writes and says is `main`'s: the console
+    script adds only an immediate exit and the filter of the native
+    libraries' log lines (tested with `run`, as is everything read when a
+    process starts: `--backend`, the umask, signals). In this process the
+    frameworks are imported already, which saves each command their
+    import (seconds). The environment variables the command sets are
+    restored afterwards.
+    """
+    from keras_sam import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    try:
+        with (
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            try:
+                status = cli.main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                status = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(
+        args, status, stdout.getvalue(), stderr.getvalue()
     )
 
 

@@ -1,4 +1,6 @@
-"""The `keras-sam` console script, run for real in a subprocess."""
+"""The `keras-sam` console script, run for real in a subprocess; what a
+command computes and writes, through its `main` in the test's process
+(`call`: the same code without the frameworks' import for each)."""
 
 import json
 import os
@@ -15,6 +17,7 @@ from keras_sam.inference.predictor import SAMPredictor
 from keras_sam.models.sam import SAM
 from support import fixtures as tp
 from support.reference import official
+from tests.cli.helpers import call
 
 # End to end; `make test` runs it on one backend (see the Makefile).
 pytestmark = pytest.mark.integration
@@ -54,7 +57,7 @@ def files(tmp_path_factory):
 
 def test_segment_writes_masks_overlay_and_json(files):
     out = files["root"] / "seg"
-    result = run(
+    result = call(
         "segment",
         files["image"],
         "--point",
@@ -155,17 +158,17 @@ def test_info_reads_a_checkpoint_without_keras(files, tmp_path):
 
 def test_convert_and_info(files, tmp_path):
     out = tmp_path / "tiny.safetensors"
-    result = run("convert", files["checkpoint"], "-o", out)
+    result = call("convert", files["checkpoint"], "-o", out)
     assert result.returncode == 0, result.stderr
     assert out.is_file()
-    info = run("info", out)
+    info = call("info", out)
     assert info.returncode == 0, info.stderr
     data = json.loads(info.stdout)
     assert data["tensors"] == len(torch.load(files["checkpoint"]))
     assert data["architecture"]["image_encoder"]["hidden_size"] == 64
     assert data["preset"] is None
     h5 = tmp_path / "tiny.weights.h5"
-    result = run("convert", files["checkpoint"], "-o", h5)
+    result = call("convert", files["checkpoint"], "-o", h5)
     assert result.returncode == 0, result.stderr
     expected = SAM.from_checkpoint(files["checkpoint"])
     model = SAM.from_config_dicts(
@@ -222,7 +225,7 @@ def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
     (folder / "notes.txt").write_text("not an image, not listed")
     out = tmp_path / "out"
     argv = ["auto", folder, "--checkpoint", files["checkpoint"], "-o", out]
-    result = run(*argv, *AUTO_FLAGS)
+    result = call(*argv, *AUTO_FLAGS)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "a.png.json",
@@ -256,10 +259,10 @@ def test_auto_writes_coco_rle_json_and_overlay(files, tmp_path):
         assert im.size[0] > 160 and im.size[1] >= 120
 
     # Done images are skipped; --overwrite redoes them.
-    again = run(*argv, *AUTO_FLAGS)
+    again = call(*argv, *AUTO_FLAGS)
     assert again.returncode == 0 and "skip" in again.stderr
     assert again.stdout == ""
-    redo = run(*argv, *AUTO_FLAGS, "--overwrite")
+    redo = call(*argv, *AUTO_FLAGS, "--overwrite")
     assert redo.returncode == 0 and "[2/2]" in redo.stderr
 
 
@@ -276,7 +279,7 @@ def test_auto_missing_input(files, tmp_path):
 
 
 def test_demo_segments_a_held_out_picture(tmp_path):
-    result = run("demo", "-o", tmp_path)
+    result = call("demo", "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "IoU with the true mask" in result.stdout
     with Image.open(tmp_path / "demo_overlay.png") as im:

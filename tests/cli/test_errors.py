@@ -12,6 +12,7 @@ from PIL import Image
 
 from support import fixtures as tp
 from tests.cli.helpers import assert_fails
+from tests.cli.helpers import call
 from tests.cli.helpers import messages
 from tests.cli.helpers import run
 
@@ -201,7 +202,7 @@ def test_auto_reports_a_bad_picture_and_goes_on(place):
     that keeps no mask says why; the exit status says one failed."""
     folder = place / "pictures"
     bomb(folder / "a_bomb.png")
-    result = run(
+    result = call(
         "auto", folder, "--preset", "sam_shapes", "--points-per-side", "2",
         "--pred-iou-thresh", "2", "-o", place / "out",
     )  # fmt: skip

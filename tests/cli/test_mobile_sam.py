@@ -12,7 +12,7 @@ from keras_sam.inference.predictor import SAMPredictor
 from keras_sam.models.sam import SAM
 from support import fixtures as tp
 from support.reference import mobile_sam as reference
-from tests.cli.helpers import run
+from tests.cli.helpers import call
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def test_segment_with_a_mobile_sam_checkpoint(tmp_path):
     image_path = tmp_path / "photo.png"
     Image.fromarray(tp.smooth_image()).save(image_path)
     out = tmp_path / "seg"
-    result = run(
+    result = call(
         "segment",
         image_path,
         "--box",
@@ -48,7 +48,7 @@ def test_segment_with_a_mobile_sam_checkpoint(tmp_path):
         np.testing.assert_array_equal(png, masks[i])
         assert entry["score"] == pytest.approx(float(scores[i]), rel=1e-5)
 
-    info = run("info", checkpoint)
+    info = call("info", checkpoint)
     assert info.returncode == 0, info.stderr
     described = json.loads(info.stdout)
     assert described["format"] == "mobile_sam"

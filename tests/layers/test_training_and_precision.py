@@ -54,7 +54,7 @@ def test_fit_lowers_the_loss():
     )
     # Keras' TensorFlow trainer would build the optimizer inside the first
     # trace of the training step and so trace it twice (as keras_sam.SAM's
-    # fit avoids; see SAMTrainer.build_optimizer).
+    # fit avoids; see SAMTrainer._build_optimizer).
     model.optimizer.build(model.trainable_variables)
     x, y = fixed_batch()
     before = model.evaluate(x, y, verbose=0)[0]

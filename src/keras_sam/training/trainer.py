@@ -85,16 +85,16 @@ class SAMTrainer:
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`; on TensorFlow the optimizer's variables are
-        made first (see `build_optimizer`)."""
-        self.build_optimizer()
+        made first (see `_build_optimizer`)."""
+        self._build_optimizer()
         return super().fit(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
         """`keras.Model.train_on_batch`, as `fit`."""
-        self.build_optimizer()
+        self._build_optimizer()
         return super().train_on_batch(*args, **kwargs)
 
-    def build_optimizer(self) -> None:
+    def _build_optimizer(self) -> None:
         """Makes the compiled optimizer's variables for the model's
         trainable weights, unless they exist (or the model is unbuilt).
 
@@ -103,14 +103,16 @@ class SAMTrainer:
         `tf.function` that creates variables is traced twice: the whole
         forward and backward pass, so the first `fit` took twice as long
         to start. The JAX and PyTorch trainers build the optimizer the same
-        way at the start of `fit`, so nothing else changes.
+        way at the start of `fit`, so there this only comes first.
         """
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None or optimizer.built or not self.built:
             return
-        if keras.backend.backend() == "tensorflow":
-            with self.distribute_strategy.scope():
-                optimizer.build(self.trainable_variables)
+        if keras.backend.backend() != "tensorflow":
+            optimizer.build(self.trainable_variables)
+            return
+        with self.distribute_strategy.scope():
+            optimizer.build(self.trainable_variables)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
