@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import _common
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common  # noqa: E402
 
 TITLE = "Bulk runs on Ray (keras-sam auto --ray), sam_shapes"
 
