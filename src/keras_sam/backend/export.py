@@ -189,8 +189,10 @@ def to_onnx(
     import tensorflow as tf
     from tf2onnx import optimizer
     from tf2onnx import tf_loader
-    from tf2onnx.convert import _convert_common
     from tf2onnx.convert import tensor_names_from_structed
+    from tf2onnx.graph import ExternalTensorStorage
+    from tf2onnx.tf_utils import compress_graph_def
+    from tf2onnx.tfonnx import process_tf_graph
 
     concrete = traced_function(model, input_specs).get_concrete_function()
     input_names = [t.name for t in concrete.inputs if t.dtype != tf.resource]
@@ -222,23 +224,35 @@ def to_onnx(
             for k, v in optimizer._get_optimizers().items()
             if k not in skip
         }
-        with _numpy_product_shim(), _fresh_node_protos():
+        with (
+            _numpy_product_shim(),
+            _fresh_node_protos(),
+            tf.Graph().as_default() as tf_graph,
+        ):
             # tf2onnx's large-model path, whatever the size: the weights
             # stay outside the graph during conversion (else each optimizer
             # pass kept another copy of them: 11 GB for ViT-B's 360 MB)
-            # and no pass deep-copies the graph first.
-            proto, storage = _convert_common(
-                graph_def,
-                name=model.name,
-                large_model=True,
-                opset=opset,
+            # and no pass deep-copies the graph first (catch_errors=False).
+            constants = compress_graph_def(graph_def)
+            storage = ExternalTensorStorage()
+            tf.import_graph_def(graph_def, name="")
+            onnx_graph = process_tf_graph(
+                tf_graph,
+                const_node_values=constants,
                 custom_op_handlers={"Erfc": (_erfc, ())},
-                optimizers=optimizers,
+                opset=opset,
                 input_names=input_names,
                 output_names=tf_outputs,
                 tensors_to_rename=tensor_names_from_structed(
                     concrete, input_names, tf_outputs
                 ),
+            )
+            onnx_graph = optimizer.optimize_graph(
+                onnx_graph, catch_errors=False, optimizers=optimizers
+            )
+            proto = onnx_graph.make_model(
+                f"converted from {model.name}",
+                external_tensor_storage=storage,
             )
     # tf2onnx names inputs and outputs after the signature and the output
     # dict's keys, outputs in key order: put them in interface order.
