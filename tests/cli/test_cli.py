@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,27 +17,10 @@ from keras_sam.models.sam import SAM
 from support import fixtures as tp
 from support.reference import official
 from tests.cli.helpers import call
+from tests.cli.helpers import run
 
 # End to end; `make test` runs it on one backend (see the Makefile).
 pytestmark = pytest.mark.integration
-
-SCRIPT = str(Path(sys.executable).with_name("keras-sam"))
-
-
-def run(*args, timeout=300, unset=()):
-    """The console script with `args`; `$KERAS_BACKEND` defaults to jax
-    unless it is among the environment variables `unset`."""
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    if "KERAS_BACKEND" not in unset:
-        env.setdefault("KERAS_BACKEND", "jax")
-    return subprocess.run(
-        [SCRIPT, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture(scope="module")

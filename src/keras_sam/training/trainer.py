@@ -7,6 +7,8 @@ whole output dict and averages the loss over SAM's interactive refinement
 rounds (SAM paper, appendix A).
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -84,8 +86,8 @@ class SAMTrainer:
         self.mask_only_iterations = mask_only_iterations
 
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`; on TensorFlow the optimizer's variables are
-        made first (see `_build_optimizer`)."""
+        """`keras.Model.fit`, the optimizer's variables made first (see
+        `_build_optimizer`)."""
         self._build_optimizer()
         return super().fit(*args, **kwargs)
 
@@ -108,10 +110,12 @@ class SAMTrainer:
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None or optimizer.built or not self.built:
             return
-        if keras.backend.backend() != "tensorflow":
-            optimizer.build(self.trainable_variables)
-            return
-        with self.distribute_strategy.scope():
+        scope = (
+            self.distribute_strategy.scope()
+            if keras.backend.backend() == "tensorflow"
+            else contextlib.nullcontext()
+        )
+        with scope:
             optimizer.build(self.trainable_variables)
 
     def compute_loss(
