@@ -205,6 +205,32 @@ def write_run(path: Path, title: str, slot: str, block: str) -> None:
     path.write_text(text)
 
 
+def parity_bound(args, precision: str = "float32") -> float:
+    """The largest max-abs error over max-abs official output accepted
+    before timing. float32 on a CPU: 1e-4. On a GPU, JAX multiplies float32
+    matrices in TF32 (10 bits of mantissa) by default, and PyTorch's cuDNN
+    convolutions do too, which is what users get there: 1e-2. bfloat16
+    keeps 8 bits of mantissa: 0.1."""
+    if precision != "float32":
+        return 0.1
+    return 1e-2 if args.device == "gpu" else 1e-4
+
+
+def torch_device(args) -> str:
+    """Where the PyTorch references run."""
+    return "cuda" if args.device == "gpu" else "cpu"
+
+
+def gpu_name() -> str:
+    """The first CUDA device's name, as PyTorch reports it."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # no CUDA build or no device: name what was asked
+        return "gpu"
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else the architecture."""
     try:
@@ -224,7 +250,8 @@ def report(title: str, text: str, args) -> None:
         [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
     )
     stamp = datetime.date.today().isoformat()
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, {args.device}"
+    device = gpu_name() if args.device == "gpu" else args.device
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {device}"
     # `setup` defaults to jax; a parent that only ran `setup_env_only`
     # passes the same environment to its children.
     backend = os.environ.get("KERAS_BACKEND") or "jax"

@@ -122,6 +122,16 @@ def vit_b_agreement(margin: float) -> dict:
     }
 
 
+def _device() -> str:
+    """Where the backend puts a new tensor, e.g. `cuda:0` or `cpu`."""
+    import keras
+
+    x = keras.ops.zeros(())
+    if hasattr(x, "devices"):  # JAX
+        return ",".join(str(d) for d in x.devices())
+    return str(x.device)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -142,7 +152,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import keras
 
-    result = {"backend": keras.backend.backend()}
+    result = {"backend": keras.backend.backend(), "device": _device()}
     if not args.skip_shapes:
         result["shapes"] = shapes_agreement(args.num_images)
         print(json.dumps(result["shapes"], indent=1), flush=True)

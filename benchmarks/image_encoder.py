@@ -38,10 +38,11 @@ def _measure(args, system: str) -> dict:
     from support.reference import official
 
     config = _config(args.preset)
-    ref = official.make_image_encoder(config, seed=0)
+    device = _common.torch_device(args)
+    ref = official.make_image_encoder(config, seed=0).to(device)
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, *config["image_shape"])).astype("float32")
-    image_t = torch.from_numpy(official.nhwc_to_nchw(image))
+    image_t = torch.from_numpy(official.nhwc_to_nchw(image)).to(device)
     with torch.inference_mode():
         # NCHW -> NHWC (1, 64, 64, 256)
         expected = official.to_numpy(ref(image_t)).transpose(0, 2, 3, 1)
@@ -79,8 +80,7 @@ def _measure(args, system: str) -> dict:
 
     got = to_numpy(_common.sync(run()))
     err = float(np.abs(got - expected).max() / np.abs(expected).max())
-    # bfloat16 keeps 8 bits of mantissa: 1e-4 is float32's bound only.
-    if err > (1e-4 if args.precision == "float32" else 0.1):
+    if err > _common.parity_bound(args, args.precision):
         raise SystemExit(f"{system}: differs from official by {err:.2e}")
     ms = _common.time_fn(run, args.num_warmup, args.num_iters)
     return {"ms": ms, "error": err}

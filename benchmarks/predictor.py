@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     import keras_sam
     from support.reference import official
 
+    device = _common.torch_device(args)
     ref_model = official.make_sam(
         TINY_ENCODER, prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8
     )
@@ -64,9 +65,9 @@ def main(argv=None) -> int:
     embedding = rng.normal(size=(1, 64, 64, 256)).astype("float32")
     ours = keras_sam.SAMPredictor(model)
     ours.set_image_embedding(embedding, size)
-    ref = official.SamPredictor(ref_model)
+    ref = official.SamPredictor(ref_model.to(device))
     ref.reset_image()
-    ref.features = torch.from_numpy(official.nhwc_to_nchw(embedding))
+    ref.features = torch.from_numpy(official.nhwc_to_nchw(embedding)).to(device)
     ref.original_size = size
     ref.input_size = tuple(ref.transform.get_preprocess_shape(*size, 1024))
     ref.is_image_set = True
@@ -79,7 +80,9 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         ref_masks, ref_scores, _ = ref.predict(**prompt)
     differ = float(np.mean(masks != ref_masks))
-    if differ > 1e-4 or not np.allclose(scores, ref_scores, rtol=1e-3):
+    # Pixels whose logit is within float error of the threshold may flip.
+    bound = _common.parity_bound(args)
+    if differ > bound or not np.allclose(scores, ref_scores, rtol=10 * bound):
         raise SystemExit(f"outputs differ: {differ:.2e} of mask pixels")
 
     def official_predict():
