@@ -11,6 +11,9 @@ compiles again, which an interactive predictor or a one-image command never
 earns back (figures in BENCHMARKS.md). Arguments are NumPy arrays or None;
 shapes that change trigger a new trace, as usual.
 
+`compile_function(fn)` compiles a function of tensors alone (no layer, no
+variables) the same way.
+
 `fuse_elementwise(fn)` runs a function of element-wise work (a residual
 addition and layer norm, a bias and activation) as one fused kernel on
 TensorFlow, whose graphs otherwise run such work op by op, a pass over
@@ -46,6 +49,24 @@ def compile_inference(layer, fn):
 
         # No Python control flow on tensors in the model: autograph's
         # source rewriting would only add to the first call.
+        return tf.function(fn, reduce_retracing=True, autograph=False)
+    if backend == "torch":
+        return _torch(fn)
+    return fn
+
+
+def compile_function(fn):
+    """`fn`, a function of tensors alone, as one compiled program:
+    `jax.jit`, `tf.function`, or eager PyTorch under `torch.no_grad()`.
+    Each new input shape traces once."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
         return tf.function(fn, reduce_retracing=True, autograph=False)
     if backend == "torch":
         return _torch(fn)

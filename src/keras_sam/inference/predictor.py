@@ -6,6 +6,8 @@ import keras
 import numpy as np
 
 from keras_sam import checks
+from keras_sam.backend.device import on_accelerator
+from keras_sam.inference import device_upscale
 from keras_sam.inference import transforms
 from keras_sam.inference.amg_utils import stability_score
 from keras_sam.inference.predictor_base import MASK_THRESHOLD
@@ -216,6 +218,24 @@ class SAMPredictor(PredictorBase):
                 unstable[:, None], scores[rows, best][:, None], single_score
             )
         return single, single_score
+
+    def upscale(self, low_res_logits, threshold: float | None = None):
+        """Low-res logits `(..., 256, 256)` of the current image to its
+        original size `(..., H, W)`: float32 logits, or the bool masks
+        `logits > threshold`. On a GPU or TPU the backend computes them
+        there and only the result comes back to the host; on a CPU NumPy
+        does, on every core (same arithmetic, same results up to float
+        rounding)."""
+        if not on_accelerator():
+            return super().upscale(low_res_logits, threshold)
+        self._require_image()
+        return device_upscale.postprocess_masks(
+            low_res_logits,
+            self.input_size,
+            self.original_size,
+            self.image_size,
+            threshold=threshold,
+        )
 
     def _finish(self, logits, scores, return_logits: bool):
         masks = self.upscale(

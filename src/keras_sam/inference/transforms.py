@@ -107,7 +107,7 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _postprocess_matrix(
+def sparse_resize_map(
     low_res: int, padded: int, kept: int, original: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The composed resize-crop-resize map of one axis in sparse form:
@@ -182,10 +182,10 @@ def postprocess_masks(
         `(..., H, W)` float32 logits, or bool masks with `threshold`.
     """
     h, w = low_res_logits.shape[-2:]
-    y_index, y_weight = _postprocess_matrix(
+    y_index, y_weight = sparse_resize_map(
         h, padded_size[0], input_size[0], original_size[0]
     )
-    x_map = _postprocess_matrix(
+    x_map = sparse_resize_map(
         w, padded_size[1], input_size[1], original_size[1]
     )
     logits = np.asarray(low_res_logits, np.float32)
