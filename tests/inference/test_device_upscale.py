@@ -1,18 +1,11 @@
 """The upscaling in `keras.ops` (for accelerators) against the NumPy one,
-on every backend's CPU; and the predictor's choice between them."""
+on every backend's CPU."""
 
 import numpy as np
 import pytest
 
 from keras_sam.inference import device_upscale
-from keras_sam.inference import predictor as predictor_module
 from keras_sam.inference import transforms
-from keras_sam.inference.predictor import SAMPredictor
-from keras_sam.models.sam import SAM
-from support.fixtures import DECODER
-from support.fixtures import ENCODER
-from support.fixtures import PROMPT
-from support.fixtures import smooth_image
 
 
 def _both(logits, original, threshold=None):
@@ -51,26 +44,3 @@ def test_large_batches_go_in_chunks(monkeypatch):
     got, expected = _both(logits, (40, 50))
     assert got.shape == (7, 40, 50)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-
-
-def test_predictor_upscales_on_the_accelerator_when_there_is_one(monkeypatch):
-    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
-    predictor = SAMPredictor(model)
-    predictor.set_image(smooth_image())
-    prompt = dict(point_coords=np.array([[300.0, 200.0]]), point_labels=[1])
-    host = predictor.predict(return_logits=True, **prompt)
-    calls = []
-    real = device_upscale.postprocess_masks
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("threshold"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(predictor_module, "on_accelerator", lambda: True)
-    monkeypatch.setattr(device_upscale, "postprocess_masks", spy)
-    device = predictor.predict(return_logits=True, **prompt)
-    masks, _, _ = predictor.predict(**prompt)
-    assert calls == [None, 0.0]
-    np.testing.assert_allclose(device[0], host[0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(device[1], host[1])
-    assert masks.dtype == bool and masks.shape == host[0].shape

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import keras_sam
+from keras_sam.inference import device_upscale
+from keras_sam.inference import predictor as predictor_module
 from keras_sam.inference.predictor import SAMPredictor
 from keras_sam.models.sam import SAM
 from support.fixtures import DECODER
@@ -248,3 +250,33 @@ def test_low_res_then_upscale_is_predict_batch(pair):
     assert ours.upscale(low2).dtype == np.float32
     with pytest.raises(ValueError, match="at least one of"):
         ours.predict_low_res()
+
+
+def test_on_an_accelerator_embedding_and_upscaling_stay_there(
+    pair, monkeypatch
+):
+    ours, _, image = pair
+    prompt = dict(point_coords=np.array([[300.0, 200.0]]), point_labels=[1])
+    host = ours.predict(return_logits=True, **prompt)
+    assert ours._decoder_embedding() is ours.features
+    calls = []
+    real = device_upscale.postprocess_masks
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("threshold"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "on_accelerator", lambda: True)
+    monkeypatch.setattr(device_upscale, "postprocess_masks", spy)
+    kept = ours._decoder_embedding()
+    assert not isinstance(kept, np.ndarray)
+    assert ours._decoder_embedding() is kept  # one copy per picture
+    device = ours.predict(return_logits=True, **prompt)
+    masks, _, _ = ours.predict(**prompt)
+    assert calls == [None, 0.0]
+    helpers.assert_close(device[0], host[0], 1e-6)
+    np.testing.assert_array_equal(device[1], host[1])
+    assert masks.dtype == bool and masks.shape == host[0].shape
+    # Another picture's embedding replaces the kept copy.
+    ours.set_image_embedding(ours.get_image_embedding() + 0, image.shape[:2])
+    assert ours._decoder_embedding() is not kept

@@ -69,11 +69,8 @@ def postprocess_masks(
     logits = np.asarray(low_res_logits, np.float32)
     lead, (h, w) = logits.shape[:-2], logits.shape[-2:]
     height, width = original_size
-    y_index, y_weight = transforms.sparse_resize_map(
-        h, padded_size[0], input_size[0], height
-    )
-    x_index, x_weight = transforms.sparse_resize_map(
-        w, padded_size[1], input_size[1], width
+    (y_index, y_weight), (x_index, x_weight) = transforms.resize_maps(
+        (h, w), input_size, original_size, padded_size
     )
     maps = tuple(
         tuple(np.ascontiguousarray(a[:, k]) for k in range(a.shape[1]))

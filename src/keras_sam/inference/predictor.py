@@ -147,6 +147,22 @@ class SAMPredictor(PredictorBase):
         embedding = self._check_embedding(embedding, (1, he, we, c))
         self._use_embedding(embedding, original_size)
 
+    def reset_image(self) -> None:
+        super().reset_image()
+        self._device_embedding = None
+
+    def _decoder_embedding(self):
+        """The current embedding as the decoder takes it: on a GPU or TPU a
+        copy kept there for the current picture (the official predictor
+        keeps its features on the device too), else the NumPy array."""
+        if not on_accelerator():
+            return self.features
+        kept = self._device_embedding
+        if kept is None or kept[0] is not self.features:
+            kept = (self.features, keras.ops.convert_to_tensor(self.features))
+            self._device_embedding = kept
+        return kept[1]
+
     def _run_decoder(self, prompts) -> tuple[np.ndarray, np.ndarray]:
         """All `(B, T, h, w)` low-res logits and `(B, T)` scores.
 
@@ -159,7 +175,7 @@ class SAMPredictor(PredictorBase):
         decode = self.model.compiled_method("decode")
 
         def run(chunk, rows=None):
-            out = decode(self.features, **chunk)
+            out = decode(self._decoder_embedding(), **chunk)
             return (
                 keras.ops.convert_to_numpy(out["masks"])[:rows],
                 keras.ops.convert_to_numpy(out["iou_pred"])[:rows],

@@ -121,6 +121,17 @@ def sparse_resize_map(
     return index, weight.astype(np.float32)
 
 
+def resize_maps(low_res_size, input_size, original_size, padded_size):
+    """The `(index, weight)` maps of the rows and of the columns that take
+    low-res logits of `low_res_size` `(h, w)` to `original_size`."""
+    return tuple(
+        sparse_resize_map(low_res, padded, kept, original)
+        for low_res, padded, kept, original in zip(
+            low_res_size, padded_size, input_size, original_size, strict=True
+        )
+    )
+
+
 def _apply_axis(x: np.ndarray, index, weight, axis: int) -> np.ndarray:
     """Apply a sparse `(index, weight)` map along `axis` of `x` (in place
     accumulation: the outputs are large)."""
@@ -181,12 +192,8 @@ def postprocess_masks(
     Returns:
         `(..., H, W)` float32 logits, or bool masks with `threshold`.
     """
-    h, w = low_res_logits.shape[-2:]
-    y_index, y_weight = sparse_resize_map(
-        h, padded_size[0], input_size[0], original_size[0]
-    )
-    x_map = sparse_resize_map(
-        w, padded_size[1], input_size[1], original_size[1]
+    (y_index, y_weight), x_map = resize_maps(
+        low_res_logits.shape[-2:], input_size, original_size, padded_size
     )
     logits = np.asarray(low_res_logits, np.float32)
     height, width = original_size
