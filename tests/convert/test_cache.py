@@ -280,6 +280,69 @@ def test_a_damaged_entry_is_rebuilt(tmp_path, folder, reads, states, damage):
     assert len(reads) == 2  # the new entry verifies
 
 
+def test_an_entry_is_used_while_its_data_are_checked(tmp_path, folder, states):
+    path = save(states[0], tmp_path / "sam.pth")
+    expected = READ_STATE_DICT(path)
+    cache.read_checkpoint(path)
+    opened = cache.open_checkpoint(path)
+    assert_same_arrays(opened.state, expected)  # before the check ended
+    opened.verified()
+    assert opened.result(len) == len(expected)
+    (entry,) = entries(folder)
+    _flip_data_byte(entry)
+    opened = cache.open_checkpoint(path)  # the header passes its checks
+    with pytest.raises(cache.StaleEntry):
+        opened.verified()
+    assert entries(folder) == []  # the stale entry is gone
+
+
+def test_what_is_made_from_a_stale_entry_is_made_again(
+    tmp_path, folder, reads, states
+):
+    path = save(states[0], tmp_path / "sam.pth")
+    expected = READ_STATE_DICT(path)
+    cache.read_checkpoint(path)
+    (entry,) = entries(folder)
+    _flip_data_byte(entry)
+    made = []
+
+    def make(state):  # fails on the damaged arrays, as a build could
+        made.append(state)
+        if len(made) == 1:
+            raise ValueError("nonsense weights")
+        return state
+
+    got = cache.open_checkpoint(path).result(make)
+    assert len(made) == 2
+    assert_same_arrays(got, expected)
+    assert len(reads) == 2  # the second from the file, stored again
+    assert entries(folder) == [entry]
+    # An error on data that verify is the caller's own.
+    with pytest.raises(ValueError, match="own"):
+        cache.open_checkpoint(path).result(
+            lambda state: (_ for _ in ()).throw(ValueError("own"))
+        )
+
+
+def test_from_checkpoint_with_a_damaged_entry_loads_the_file(
+    tmp_path, folder, reads, states
+):
+    path = save(states[0], tmp_path / "sam.pth")
+    fresh = keras_sam.SAM.from_checkpoint(path, use_cache=False)
+    keras_sam.SAM.from_checkpoint(path)  # stores it
+    (entry,) = entries(folder)
+    _flip_data_byte(entry)
+    model = keras_sam.SAM.from_checkpoint(path)
+    assert len(reads) == 3  # read from the file again
+    assert entries(folder) == [entry]  # and stored again
+    for a, b in zip(model.weights, fresh.weights, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a),
+            keras.ops.convert_to_numpy(b),
+            err_msg=a.path,
+        )
+
+
 @pytest.mark.parametrize("how", ["variable", "argument"])
 def test_turned_off_nothing_is_written(
     tmp_path, folder, reads, states, monkeypatch, how

@@ -90,23 +90,48 @@ def read_checkpoint(
         ValueError: naming the path: unreadable, unsafe, of no known
             format, mixing formats, or not a SAM this package can build.
     """
+    return read_checkpoint_then(
+        path,
+        lambda found: found,
+        mask_decoder_num_heads=mask_decoder_num_heads,
+        use_cache=use_cache,
+    )
+
+
+def read_checkpoint_then(
+    path: str | os.PathLike,
+    make,
+    *,
+    mask_decoder_num_heads: int | None = None,
+    use_cache: bool = True,
+):
+    """`make(read_checkpoint(path, ...))`, with a cache entry's data
+    verified while `make` runs (`keras_sam.convert.cache.OpenedCheckpoint`):
+    its result is returned only once the data match their digest, and
+    `make` runs again on the file when they do not. Same arguments and
+    errors as `read_checkpoint`, and those of `make`."""
     path = Path(path)
     if path.is_dir():
         for is_format, read in _DIRECTORY_FORMATS:
             if is_format(path):
-                return read(path, mask_decoder_num_heads)
+                return make(read(path, mask_decoder_num_heads))
         raise ValueError(
             f"Checkpoint folder {str(path)!r} is neither a Hugging Face "
             'SamModel (config.json with model_type "sam") nor a KerasHub '
             "SAM preset (config.json of a SAMBackbone)."
         )
-    state = cache.read_checkpoint(path, use_cache=use_cache)
-    if hf_mapping.is_hf_state_dict(state):
-        return _huggingface(path, state, {}, mask_decoder_num_heads)
-    file_format = (
-        MOBILE_SAM if tiny_vit_mapping.is_tiny_vit(state) else OFFICIAL
-    )
-    return _official(path, state, mask_decoder_num_heads, file_format)
+
+    def from_state(state):
+        if hf_mapping.is_hf_state_dict(state):
+            found = _huggingface(path, state, {}, mask_decoder_num_heads)
+        else:
+            file_format = (
+                MOBILE_SAM if tiny_vit_mapping.is_tiny_vit(state) else OFFICIAL
+            )
+            found = _official(path, state, mask_decoder_num_heads, file_format)
+        return make(found)
+
+    return cache.open_checkpoint(path, use_cache=use_cache).result(from_state)
 
 
 def _official(path, state, heads, file_format, **detect) -> Checkpoint:

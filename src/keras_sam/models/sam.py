@@ -454,27 +454,32 @@ class SAM(SAMTrainer, keras.Model):
                 return cls.from_keras_safetensors(path, precision=precision)
 
         else:
-            from keras_sam.convert.formats import read_checkpoint
+            from keras_sam.convert.formats import read_checkpoint_then
 
             # Official, Hugging Face or KerasHub: official names and config.
-            found = read_checkpoint(
-                path,
-                mask_decoder_num_heads=mask_decoder_num_heads,
-                use_cache=use_cache,
-            )
-            state, config = found.state, found.config
-
-            def build(path):
-                model = cls.from_config_dicts(**config, precision=precision)
+            def build_from(found):
+                model = cls.from_config_dicts(
+                    **found.config, precision=precision
+                )
                 # No random values drawn for weights about to be loaded.
                 build_without_values(model)
                 try:
-                    model.load_state_dict(state)
+                    model.load_state_dict(found.state)
                 except BaseException:
                     discard_pending(model)
                     raise
                 initialize_pending()
                 return model
+
+            def build(path):
+                # A cached entry is verified while the model is built from
+                # it (the model is returned only if it verifies).
+                return read_checkpoint_then(
+                    path,
+                    build_from,
+                    mask_decoder_num_heads=mask_decoder_num_heads,
+                    use_cache=use_cache,
+                )
 
         try:
             with _collection_paused():
