@@ -41,18 +41,10 @@ JAX_CACHE_MAX_BYTES = 512 << 20
 
 
 def compile_inference(layer, fn):
-    backend = keras.backend.backend()
-    if backend == "jax":
+    if keras.backend.backend() == "jax":
         return _jax(layer, fn)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        # No Python control flow on tensors in the model: autograph's
-        # source rewriting would only add to the first call.
-        return tf.function(fn, reduce_retracing=True, autograph=False)
-    if backend == "torch":
-        return _torch(fn)
-    return fn
+    # TensorFlow and PyTorch read the layer's variables themselves.
+    return compile_function(fn)
 
 
 def compile_function(fn):
@@ -67,6 +59,8 @@ def compile_function(fn):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # No Python control flow on tensors in our code: autograph's
+        # source rewriting would only add to the first call.
         return tf.function(fn, reduce_retracing=True, autograph=False)
     if backend == "torch":
         return _torch(fn)

@@ -235,23 +235,13 @@ class SAMPredictor(PredictorBase):
             )
         return single, single_score
 
-    def upscale(self, low_res_logits, threshold: float | None = None):
-        """Low-res logits `(..., 256, 256)` of the current image to its
-        original size `(..., H, W)`: float32 logits, or the bool masks
-        `logits > threshold`. On a GPU or TPU the backend computes them
-        there and only the result comes back to the host; on a CPU NumPy
-        does, on every core (same arithmetic, same results up to float
-        rounding)."""
-        if not on_accelerator():
-            return super().upscale(low_res_logits, threshold)
-        self._require_image()
-        return device_upscale.postprocess_masks(
-            low_res_logits,
-            self.input_size,
-            self.original_size,
-            self.image_size,
-            threshold=threshold,
-        )
+    def _postprocess_masks(self, *args, **kwargs):
+        """On a GPU or TPU the backend upscales there and only the result
+        comes back to the host; on a CPU NumPy does, on every core (same
+        arithmetic, same results up to float rounding)."""
+        if on_accelerator():
+            return device_upscale.postprocess_masks(*args, **kwargs)
+        return super()._postprocess_masks(*args, **kwargs)
 
     def _finish(self, logits, scores, return_logits: bool):
         masks = self.upscale(

@@ -197,10 +197,15 @@ class PredictorBase:
         original size `(..., H, W)`: float32 logits, or the bool masks
         `logits > threshold`."""
         self._require_image()
-        return transforms.postprocess_masks(
+        return self._postprocess_masks(
             low_res_logits,
             self.input_size,
             self.original_size,
             self.image_size,
             threshold=threshold,
         )
+
+    def _postprocess_masks(self, *args, **kwargs):
+        """`transforms.postprocess_masks` (NumPy, on every core); a
+        subclass may compute it elsewhere."""
+        return transforms.postprocess_masks(*args, **kwargs)
