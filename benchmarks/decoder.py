@@ -81,8 +81,17 @@ def main(argv=None) -> int:
             return self.decoder(image_embeddings=image_embeddings, **prompts)
 
     class OursPromptToMask(PromptToMask):
-        # What SAM.decode (hence SAMPredictor) runs.
-        def call(self, image_embeddings, points=None, labels=None, boxes=None):
+        # What SAM's compiled decode (hence SAMPredictor) runs: the image's
+        # positional encoding, which depends on the weights alone, is
+        # computed once and passed in (`SAM.image_positional_embeddings`).
+        def call(
+            self,
+            image_embeddings,
+            points=None,
+            labels=None,
+            boxes=None,
+            image_positional_embeddings=None,
+        ):
             return decode_prompts(
                 self.encoder,
                 self.decoder,
@@ -90,10 +99,20 @@ def main(argv=None) -> int:
                 points=points,
                 labels=labels,
                 boxes=boxes,
+                image_positional_embeddings=image_positional_embeddings,
             )
 
+    def compiled_ours(layer):
+        compiled = compile_inference(layer, layer.call)
+        kept = encoder.positional_embedding_layer.encode_image(
+            encoder.image_embedding_size
+        )[None]
+        return lambda embedding, **prompts: compiled(
+            embedding, image_positional_embeddings=kept, **prompts
+        )
+
     ours_layer = OursPromptToMask(encoder, decoder)
-    ours = compile_inference(ours_layer, ours_layer.call)
+    ours = compiled_ours(ours_layer)
     ours_bf16 = None
     if args.bf16:
         from keras_sam.models.precision import dtype_policy
@@ -107,7 +126,7 @@ def main(argv=None) -> int:
         )
         keras_sam.load_official_weights(decoder_bf16, ref_decoder.state_dict())
         bf16_layer = OursPromptToMask(encoder, decoder_bf16)
-        ours_bf16 = compile_inference(bf16_layer, bf16_layer.call)
+        ours_bf16 = compiled_ours(bf16_layer)
 
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(1, 64, 64, 256)).astype("float32")

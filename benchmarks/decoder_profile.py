@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     up_out = normal(b, 256, 256, c // 8)
     hyper = normal(b, 4, c // 8)  # (B, T, C/8)
     bias_mid, bias_out = normal(c // 4), normal(c // 8)
+    image_pe = keras.ops.convert_to_numpy(
+        encoder.positional_embedding_layer.encode_image((64, 64))[None]
+    )
     points = rng.uniform(0, 1024, (b, 2, 2)).astype("float32")
     labels = np.tile(np.array([[1, -1]], "int32"), (b, 1))
     blocks = decoder.transformer.layers
@@ -92,10 +95,17 @@ def main(argv=None) -> int:
     parts = [
         (
             "whole decoder (prompt encoder + decoder)",
-            lambda pts, lab: keras_sam.models.sam.decode_prompts(
-                encoder, decoder, image, points=pts, labels=lab
+            # As SAM's compiled decode: the image's positional encoding,
+            # computed once, comes in (`SAM.image_positional_embeddings`).
+            lambda pts, lab, pe: keras_sam.models.sam.decode_prompts(
+                encoder,
+                decoder,
+                image,
+                points=pts,
+                labels=lab,
+                image_positional_embeddings=pe,
             ),
-            (points, labels),
+            (points, labels, image_pe),
             None,
         ),
         (

@@ -106,3 +106,44 @@ def test_a_model_dropped_after_a_failed_load_gets_zeros(state):
     assert all(not np.any(v) for v in _values(model))
     with keras.StatelessScope():
         pass
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX compiles conversions"
+)
+def test_loading_on_jax_compiles_nothing():
+    # Keras converts a NumPy initial value with `jnp.asarray`: one compiled
+    # conversion per distinct shape (shapes no other test uses here, so
+    # that none is compiled already). Loaded values go to the device as
+    # they are.
+    import jax.monitoring
+
+    class Odd(keras.layers.Layer):
+        def build(self, shape=None):
+            self.kernel = self.add_weight(shape=(7, 13))
+            self.bias = self.add_weight(shape=(13,), initializer="zeros")
+
+    fresh = Odd()
+    variables.build_without_values(fresh)
+    values = [
+        np.arange(7 * 13, dtype="float32").reshape(7, 13),
+        np.linspace(0, 1, 13, dtype="float32"),
+    ]
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for variable, value in zip(fresh.weights, values, strict=True):
+            assert variables.set_initial_value(variable, value)
+        variables.initialize_pending()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    for variable, value in zip(fresh.weights, values, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), value
+        )

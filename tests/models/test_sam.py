@@ -300,3 +300,63 @@ def test_models_package_names_and_submodules_load_on_access():
         [sys.executable, "-c", code], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def _tiny_prompts():
+    return {
+        "points": np.array([[[30.0, 40.0], [0.0, 0.0]]], "float32"),
+        "labels": np.array([[1, -1]], "int32"),
+    }
+
+
+def test_compiled_decode_takes_the_kept_positional_encoding():
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    embedding = np.random.default_rng(0).normal(size=(1, 16, 16, 32))
+    embedding = embedding.astype("float32")
+    encoded = model.prompt_encoder(**_tiny_prompts())
+    kept = model.image_positional_embeddings()
+    np.testing.assert_allclose(
+        helpers.to_numpy(kept),
+        helpers.to_numpy(encoded["prompt_dense_positional_embeddings"]),
+        rtol=0,
+        atol=1e-6,
+    )
+    assert model.image_positional_embeddings() is kept  # computed once
+    decode = model.compiled_method("decode")
+    compiled = decode(embedding, **_tiny_prompts())
+    eager = model.decode(embedding, **_tiny_prompts())
+    for key in ("masks", "iou_pred"):
+        np.testing.assert_allclose(
+            helpers.to_numpy(compiled[key]),
+            helpers.to_numpy(eager[key]),
+            rtol=0,
+            atol=1e-5,
+        )
+
+
+def test_compiled_decode_follows_new_weights():
+    # Loading other weights after the first call: the compiled decoder and
+    # the kept positional encoding follow them, nothing is stale.
+    model = SAM.from_config_dicts(ENCODER, PROMPT, DECODER)
+    model.build()
+    embedding = np.random.default_rng(1).normal(size=(1, 16, 16, 32))
+    embedding = embedding.astype("float32")
+    decode = model.compiled_method("decode")
+    before = helpers.to_numpy(decode(embedding, **_tiny_prompts())["masks"])
+    kept = helpers.to_numpy(model.image_positional_embeddings())
+    matrix = (
+        model.prompt_encoder.positional_embedding_layer
+    ).positional_encoding_gaussian_matrix
+    matrix.assign(helpers.to_numpy(matrix) * 2.0)
+    token = model.mask_decoder.iou_token.embeddings
+    token.assign(helpers.to_numpy(token) + 1.0)
+    after = helpers.to_numpy(decode(embedding, **_tiny_prompts())["masks"])
+    eager = helpers.to_numpy(
+        model.decode(embedding, **_tiny_prompts())["masks"]
+    )
+    assert not np.allclose(
+        helpers.to_numpy(model.image_positional_embeddings()), kept
+    )
+    assert not np.allclose(after, before)
+    np.testing.assert_allclose(after, eager, rtol=0, atol=1e-5)

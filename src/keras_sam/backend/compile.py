@@ -1,8 +1,9 @@
 """Backend-specific compilation of inference functions.
 
-`compile_inference(layer, fn)` returns a function with `fn`'s signature that
-runs `fn` as one compiled program where that pays: `jax.jit` over the
-layer's variable values (JAX eager dispatch compiles every op separately),
+`compile_inference(layers, fn)` returns a function with `fn`'s signature
+that runs `fn` as one compiled program where that pays: `jax.jit` over the
+variable values of `layers` (a layer or a list of the layers `fn` reads;
+JAX eager dispatch compiles every op separately),
 `tf.function` on TensorFlow, and eager PyTorch under `torch.no_grad()` (no
 autograd graph is kept). `torch.compile` is opt-in with the environment
 variable `KERAS_SAM_TORCH_COMPILE=1`: it makes each decoder call faster,
@@ -22,7 +23,8 @@ memory each (exact GELU is five); see its docstring.
 `use_persistent_cache(folder)` keeps JAX's compiled programs on disk across
 processes.
 
-This is the only module of the library that imports a backend directly.
+One of the backend helpers (`keras_sam.backend`), the only modules of the
+library that import a backend directly.
 """
 
 import hashlib
@@ -40,9 +42,9 @@ JAX_CACHE_MIN_COMPILE_S = 0.2
 JAX_CACHE_MAX_BYTES = 512 << 20
 
 
-def compile_inference(layer, fn):
+def compile_inference(layers, fn):
     if keras.backend.backend() == "jax":
-        return _jax(layer, fn)
+        return _jax(layers, fn)
     # TensorFlow and PyTorch read the layer's variables themselves.
     return compile_function(fn)
 
@@ -97,10 +99,16 @@ def _torch(fn):
     return call
 
 
-def _jax(layer, fn):
+def _jax(layers, fn):
     import jax
 
-    variables = list(layer.variables)
+    if not isinstance(layers, (list, tuple)):
+        layers = [layers]
+    # A variable `fn` reads that is not passed would be traced as a
+    # constant: pass every variable of the layers it uses.
+    variables = list(
+        {id(v): v for layer in layers for v in layer.variables}.values()
+    )
 
     def stateless(values, *args, **kwargs):
         mapping = list(zip(variables, values, strict=True))

@@ -36,7 +36,10 @@ def set_initial_value(variable, value) -> bool:
 
     The array the backend receives is a new C-ordered copy in the
     variable's dtype, made only when Keras initializes the variable, so that
-    each copy lives only until the backend has its own.
+    each copy lives only until the backend has its own. On JAX it is handed
+    over already on the device (`jax.device_put`): given a NumPy array,
+    Keras converts it with `jnp.asarray`, which compiles a conversion
+    program for every distinct shape (36 for ViT-B, 0.5-0.8 s of a load).
     """
     if (
         getattr(variable, "_initializer", None) is None
@@ -44,11 +47,23 @@ def set_initial_value(variable, value) -> bool:
     ):
         return False
 
+    to_device = _device_put()
+
     def initial(shape, dtype=None):
-        return np.array(value, dtype=dtype or variable.dtype, order="C")
+        return to_device(
+            np.array(value, dtype=dtype or variable.dtype, order="C")
+        )
 
     variable._initializer = initial
     return True
+
+
+def _device_put():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.device_put
+    return lambda array: array
 
 
 def initialize_pending() -> None:
