@@ -258,12 +258,24 @@ class SAM(SAMTrainer, keras.Model):
         )
         kept = self.__dict__.get("_image_positional_embeddings")
         if kept is None or not np.array_equal(kept[0], matrix):
-            grid = encoding.encode_image(
-                self.prompt_encoder.image_embedding_size
-            )
-            kept = (matrix, grid[None])
+            kept = (matrix, self._encode_grid()[None])
             self._image_positional_embeddings = kept
         return kept[1]
+
+    def _encode_grid(self):
+        # One compiled program: op by op, JAX compiles each of its ~15
+        # operations on the first call (0.7 s).
+        from keras_sam.backend.compile import compile_inference
+
+        encode = self.__dict__.get("_compiled_grid_encoding")
+        if encode is None:
+            encoding = self.prompt_encoder.positional_embedding_layer
+            size = self.prompt_encoder.image_embedding_size
+            encode = compile_inference(
+                encoding, lambda: encoding.encode_image(size)
+            )
+            self._compiled_grid_encoding = encode
+        return encode()
 
     def compiled_method(self, method: str):
         """`encode_image` or `decode` as one compiled function (cached).
