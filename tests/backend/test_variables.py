@@ -147,3 +147,23 @@ def test_loading_on_jax_compiles_nothing():
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(variable), value
         )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a.T,  # a transposed matrix: copied in tiles
+        lambda a: a,
+        lambda a: a[::2],
+        lambda a: a.T.astype("float64"),  # cast as it is copied
+        lambda a: a.reshape(3, 100, 131).transpose(2, 0, 1),
+    ],
+)
+def test_c_ordered_copies_equal_numpys(make):
+    base = np.arange(300 * 131, dtype="float32").reshape(300, 131)
+    value = make(base)
+    copy = variables.c_ordered(value, "float32")
+    assert copy.flags.c_contiguous
+    assert copy.dtype == np.float32
+    assert not np.shares_memory(copy, base)
+    np.testing.assert_array_equal(copy, np.array(value, dtype="float32"))

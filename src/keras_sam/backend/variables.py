@@ -50,12 +50,40 @@ def set_initial_value(variable, value) -> bool:
     to_device = _device_put()
 
     def initial(shape, dtype=None):
-        return to_device(
-            np.array(value, dtype=dtype or variable.dtype, order="C")
-        )
+        return to_device(c_ordered(value, dtype or variable.dtype))
 
     variable._initializer = initial
     return True
+
+
+def c_ordered(array, dtype) -> np.ndarray:
+    """A new C-ordered copy of `array` in `dtype`.
+
+    A transposed matrix (the official `(out, in)` weights read as Keras'
+    `(in, out)` kernels) is copied in square tiles: element by element
+    along its rows, every read would be a stride away (about half the
+    speed, 0.3 s of loading ViT-B).
+    """
+    dtype = np.dtype(dtype)
+    if (
+        array.ndim != 2
+        or array.flags.c_contiguous
+        or not array.flags.f_contiguous
+        or array.dtype != dtype
+    ):
+        return np.array(array, dtype=dtype, order="C")
+    out = np.empty(array.shape, dtype)
+    rows, cols = array.shape
+    for i in range(0, rows, _TILE):
+        for j in range(0, cols, _TILE):
+            out[i : i + _TILE, j : j + _TILE] = array[
+                i : i + _TILE, j : j + _TILE
+            ]
+    return out
+
+
+# Two 128 x 128 float32 tiles (64 KiB each) fit in a core's L2 cache.
+_TILE = 128
 
 
 def _device_put():
