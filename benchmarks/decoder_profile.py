@@ -61,7 +61,9 @@ def main(argv=None) -> int:
     hyper = normal(b, 4, c // 8)  # (B, T, C/8)
     bias_mid, bias_out = normal(c // 4), normal(c // 8)
     image_pe = keras.ops.convert_to_numpy(
-        encoder.positional_embedding_layer.encode_image((64, 64))[None]
+        encoder.positional_embedding_layer.encode_image(
+            encoder.image_embedding_size
+        )[None]
     )
     points = rng.uniform(0, 1024, (b, 2, 2)).astype("float32")
     labels = np.tile(np.array([[1, -1]], "int32"), (b, 1))

@@ -49,13 +49,17 @@ def set_initial_value(variable, value) -> bool:
     ):
         return False
 
-    to_device = _device_put()
+    to_backend = _to_backend()
 
     def initial(shape, dtype=None):
-        return to_device(c_ordered(value, dtype or variable.dtype))
+        return to_backend(c_ordered(value, dtype or variable.dtype))
 
     variable._initializer = initial
     return True
+
+
+# Two 128 x 128 float32 tiles (64 KiB each) fit in a core's L2 cache.
+_TILE = 128
 
 
 def c_ordered(array, dtype) -> np.ndarray:
@@ -84,11 +88,7 @@ def c_ordered(array, dtype) -> np.ndarray:
     return out
 
 
-# Two 128 x 128 float32 tiles (64 KiB each) fit in a core's L2 cache.
-_TILE = 128
-
-
-def _device_put():
+def _to_backend():
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

@@ -259,7 +259,8 @@ class SAM(SAMTrainer, keras.Model):
         kept = self.__dict__.get("_image_positional_embeddings")
         if kept is None or not np.array_equal(kept[0], matrix):
             kept = (matrix, self._encode_grid()[None])
-            self._image_positional_embeddings = kept
+            # Set past Keras' attribute tracking, as `_compiled_methods`.
+            self.__dict__["_image_positional_embeddings"] = kept
         return kept[1]
 
     def _encode_grid(self):
@@ -274,7 +275,7 @@ class SAM(SAMTrainer, keras.Model):
             encode = compile_inference(
                 encoding, lambda: encoding.encode_image(size)
             )
-            self._compiled_grid_encoding = encode
+            self.__dict__["_compiled_grid_encoding"] = encode
         return encode()
 
     def compiled_method(self, method: str):
@@ -303,10 +304,10 @@ class SAM(SAMTrainer, keras.Model):
 
     def _with_positional_embeddings(self, decode):
         def call(image_embeddings, **prompts):
-            prompts.setdefault(
-                "image_positional_embeddings",
-                self.image_positional_embeddings(),
-            )
+            if prompts.get("image_positional_embeddings") is None:
+                prompts["image_positional_embeddings"] = (
+                    self.image_positional_embeddings()
+                )
             return decode(image_embeddings, **prompts)
 
         return call
